@@ -1,0 +1,315 @@
+"""provhad's configuration: the TOML file, with NMS Prime's own env files as fallback.
+
+Every key has a documented default (docs/configuration.md). A bad file or key raises
+:class:`ConfigError`, whose message names the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+ROLES = ("master", "slave")
+
+
+class ConfigError(Exception):
+    """A configuration problem: ``file: key: problem``."""
+
+    def __init__(self, file: str | os.PathLike[str], key: str, problem: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.file}: {key}: {problem}" if key else f"{self.file}: {problem}")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where the NMS Prime database is; ``hosts`` are Galera nodes tried in order."""
+
+    hosts: tuple[str, ...] = ("localhost:3306",)
+    user: str = "slaveread"
+    password: str = field(default="", repr=False)
+    name: str = "nmsprime"
+    socket: str = ""
+    connect_timeout: float = 5.0
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """``hosts`` as (host, port) pairs; the port defaults to 3306."""
+        out = []
+        for entry in self.hosts:
+            host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "3306")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Locations of everything provhad reads or writes; all are prefixed with ``root``."""
+
+    root: str = "/"
+    dhcp_dir: str = "/etc/dhcp-nmsprime"
+    tftp_root: str = "/tftpboot"
+    named_key: str = "/etc/named-nmsprime-dhcpupdate.key"
+    named_ddns_script: str = "/etc/named-ddns.sh"
+    ddns_cpe_key: str = "/etc/named-ddns-cpe.key"
+    chrony_conf: str = "/etc/chrony.d/nmsprime.conf"
+    state_dir: str = "/var/lib/provhad"
+    template_dir: str = "/etc/provhad/templates"
+    nmsprime_env_dir: str = "/etc/nmsprime/env"
+
+    def under_root(self, path: str) -> Path:
+        """``path`` (absolute, as seen by the services) inside ``root``."""
+        return Path(self.root) / PurePosixPath(path).relative_to("/")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Choices that shape the generated files."""
+
+    timezone: str = "Europe/Berlin"
+    fqdn: str = ""
+    provvoip: bool = True
+    omapi_key_name: str = "my_omapi_key"
+    omapi_secret: str = field(default="", repr=False)
+    default_network_prefix: int = 22
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """The real daemons' parsers used to check a staged set."""
+
+    dhcpd: str = "/usr/sbin/dhcpd"
+    named_checkconf: str = "/usr/bin/named-checkconf"
+    chronyd: str = "/usr/sbin/chronyd"
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    own_state: str = "slave"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    source: str = "<defaults>"
+
+    def with_root(self, root: str | os.PathLike[str]) -> Config:
+        """The same configuration writing (and reading) under another root."""
+        return replace(self, paths=replace(self.paths, root=str(Path(root).resolve())))
+
+    def fqdn(self) -> str:
+        """This node's FQDN (for the MTA provision-server option)."""
+        return self.render.fqdn or socket.getfqdn()
+
+
+_T = TypeVar("_T")
+
+_SECTIONS: dict[str, type] = {
+    "database": DatabaseConfig,
+    "paths": PathsConfig,
+    "render": RenderConfig,
+    "validate": ValidateConfig,
+}
+
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?$")
+
+
+def _check_hosts(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list of \"host[:port]\" strings")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not _HOST_RE.match(item.strip()):
+            raise ValueError(f"{item!r} is not \"host\" or \"host:port\"")
+        out.append(item.strip())
+    return tuple(out)
+
+
+def _check_abs_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must be an absolute path (a string starting with /)")
+    return value
+
+
+def _check_timezone(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string such as \"Europe/Berlin\"")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+_SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("database", "hosts"): _check_hosts,
+    ("render", "timezone"): _check_timezone,
+}
+
+
+def _convert(section: str, key: str, value: Any, default: Any) -> Any:
+    special = _SPECIAL.get((section, key))
+    if special is not None:
+        return special(value)
+    if section == "paths":
+        return _check_abs_path(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number")
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _section(file: str, name: str, data: Any, cls: type[_T]) -> _T:
+    if not isinstance(data, dict):
+        raise ConfigError(file, name, "must be a table ([" + name + "])")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(
+                file, f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})"
+            )
+        try:
+            values[key] = _convert(name, key, value, getattr(defaults, key))
+        except ValueError as exc:
+            raise ConfigError(file, f"{name}.{key}", str(exc)) from None
+    return replace(defaults, **values)  # type: ignore[type-var]
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Parse a dotenv file as Laravel writes them (``KEY=value``, optional quotes, # comments)."""
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        out[key] = value
+    return out
+
+
+def _database_from_env(paths: PathsConfig) -> tuple[DatabaseConfig, str, str | None]:
+    """DatabaseConfig from NMS Prime's global.env; also returns its APP_TIMEZONE."""
+    env_path = paths.under_root(paths.nmsprime_env_dir) / "global.env"
+    if not env_path.is_file():
+        raise ConfigError(
+            env_path, "", "no [database] section in the config and NMS Prime's global.env is missing"
+        )
+    env = parse_env_file(env_path)
+    port = env.get("DB_PORT", "3306") or "3306"
+    if not port.isdigit():
+        raise ConfigError(env_path, "DB_PORT", f"{port!r} is not a port number")
+    hosts_raw = [h.strip() for h in env.get("DB_HOST", "").split(",") if h.strip()]
+    if not hosts_raw and not env.get("DB_SOCKET"):
+        raise ConfigError(env_path, "DB_HOST", "is empty and DB_SOCKET is not set")
+    hosts = tuple(h if ":" in h else f"{h}:{port}" for h in hosts_raw) or ("localhost:3306",)
+    try:
+        _check_hosts(list(hosts))
+    except ValueError as exc:
+        raise ConfigError(env_path, "DB_HOST", str(exc)) from None
+    db = DatabaseConfig(
+        hosts=hosts,
+        user=env.get("DB_USERNAME", "") or DatabaseConfig.user,
+        password=env.get("DB_PASSWORD", ""),
+        name=env.get("DB_DATABASE", "") or DatabaseConfig.name,
+        socket=env.get("DB_SOCKET", ""),
+    )
+    return db, str(env_path), env.get("APP_TIMEZONE") or None
+
+
+def _own_state_from_env(paths: PathsConfig) -> str:
+    env_path = paths.under_root(paths.nmsprime_env_dir) / "provha.env"
+    if not env_path.is_file():
+        raise ConfigError(
+            env_path, "", "no [provha] own_state in the config and NMS Prime's provha.env is missing"
+        )
+    state = parse_env_file(env_path).get("PROVHA__OWN_STATE", "").strip().lower()
+    if state not in ROLES:
+        raise ConfigError(env_path, "PROVHA__OWN_STATE", f"{state!r} is not one of master, slave")
+    return state
+
+
+def load(path: str | os.PathLike[str] | None, root: str | None = None) -> Config:
+    """Load the TOML file at ``path`` (or only defaults and env files when ``None``).
+
+    ``root`` overrides ``[paths] root`` (the ``--root`` option) before the env files are read.
+    """
+    file = str(path) if path is not None else "<no config file>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(file, "", "file not found") from None
+        except PermissionError:
+            raise ConfigError(file, "", "permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(file, "", f"invalid TOML: {exc}") from None
+    for key in data:
+        if key not in (*_SECTIONS, "provha"):
+            raise ConfigError(
+                file, key, f"unknown section (known: {', '.join(sorted((*_SECTIONS, 'provha')))})"
+            )
+    sections: dict[str, Any] = {
+        name: _section(file, name, data[name], cls) for name, cls in _SECTIONS.items() if name in data
+    }
+    paths: PathsConfig = sections.get("paths", PathsConfig())
+    if root is not None:
+        paths = replace(paths, root=str(Path(root).resolve()))
+    sections["paths"] = paths
+
+    provha = data.get("provha", {})
+    if not isinstance(provha, Mapping):
+        raise ConfigError(file, "provha", "must be a table ([provha])")
+    for key in provha:
+        if key != "own_state":
+            raise ConfigError(file, f"provha.{key}", "unknown key (known: own_state)")
+    own_state = provha.get("own_state")
+    if own_state is None:
+        own_state = _own_state_from_env(paths)
+    elif own_state not in ROLES:
+        raise ConfigError(file, "provha.own_state", f"{own_state!r} is not one of master, slave")
+
+    render: RenderConfig = sections.get("render", RenderConfig())
+    if "database" not in sections:
+        db, _env_file, tz = _database_from_env(paths)
+        sections["database"] = db
+        if tz and "timezone" not in data.get("render", {}):
+            try:
+                render = replace(render, timezone=_check_timezone(tz))
+            except ValueError as exc:
+                raise ConfigError(_env_file, "APP_TIMEZONE", str(exc)) from None
+    sections["render"] = render
+    return Config(own_state=own_state, source=file, **sections)

@@ -1,0 +1,177 @@
+"""One rebuild cycle: snapshot -> model -> render -> plan -> stage -> validate -> swap.
+
+``provhad render`` runs it once; the daemon runs it in a loop. Rows the real dhcpd rejects are
+traced back to their pool or row, left out and reported, and the set is tried again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provhad import db, model, publish
+from provhad.config import Config
+from provhad.model import Model, Reject
+from provhad.render import DHCPD, INCLUDERS, HostFacts, Renderer, blame
+from provhad.snapshot import Snapshot
+
+#: How often a set is re-rendered after dhcpd rejected a row (each retry drops >= 1 culprit).
+MAX_ATTEMPTS = 25
+
+
+@dataclass
+class Result:
+    """What one cycle did, for the summary, the state file and the logs."""
+
+    ok: bool = False
+    node: str = ""
+    model: Model | None = None
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    services: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    rejected_by_dhcpd: list[Reject] = field(default_factory=list)
+    missing_configfiles: list[str] = field(default_factory=list)
+    validated: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    generation: int | None = None
+    error: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written or self.removed)
+
+
+def gather_facts(cfg: Config) -> HostFacts:
+    return HostFacts(
+        now=dt.datetime.now(dt.UTC),
+        fqdn=cfg.fqdn(),
+        omapi=publish.find_omapi_key(cfg),
+        network_access=publish.network_access_hosts(cfg),
+    )
+
+
+def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
+    """Make the set rendered from ``snap`` live, unless the real daemons reject it."""
+    result = Result(node=snap.node)
+    renderer = Renderer(cfg)
+    dropped_optional: dict[int, str] = {}
+    dropped_rows: dict[tuple[str, int], str] = {}
+    if facts.omapi is None:
+        result.warnings.append("no OMAPI key found: failover.conf has no omapi-key/omapi-port")
+    for _attempt in range(MAX_ATTEMPTS):
+        try:
+            m = model.build(
+                snap,
+                cfg.own_state,
+                default_network_prefix=cfg.render.default_network_prefix,
+                dropped_optional=dropped_optional,
+                dropped_rows=dropped_rows,
+            )
+        except model.ModelError as exc:
+            result.error = str(exc)
+            return result
+        result.model = m
+        rendered = renderer.render(m, facts)
+        publish.clean_leftovers(publish.target_dirs(rendered))
+        plan = publish.make_plan(rendered, publish.live_hashes(rendered), publish.stale_files(rendered))
+        result.missing_configfiles = publish.missing_configfiles(cfg, m)
+        staged = publish.stage(plan, rendered)
+        publish.write_checks(
+            staged, lambda where: renderer.render(m, facts, locate=where, only=INCLUDERS)
+        )
+        check = publish.validate(staged, cfg.validate)
+        result.validated = check.checked
+        if check.ok:
+            break
+        culprits = []
+        for problem in check.problems:
+            if problem.service != DHCPD or problem.path is None or problem.line is None:
+                continue
+            who = blame(m, rendered, problem.path, problem.line)
+            if who is None or who.id is None:
+                continue
+            reason = f"rejected by dhcpd: {problem.message}"
+            if who.table == "ippool" and who.reason == "optional":
+                if who.id not in dropped_optional:
+                    dropped_optional[who.id] = f"optional statements {reason}"
+                    culprits.append(Reject("ippool", who.id, dropped_optional[who.id]))
+            elif (who.table, who.id) not in dropped_rows:
+                dropped_rows[(who.table, who.id)] = reason
+                culprits.append(Reject(who.table, who.id, reason))
+        publish.discard(staged)
+        if not culprits:
+            result.problems = [str(p) for p in check.problems]
+            result.error = "the real daemons rejected the set; nothing was written"
+            return result
+        result.rejected_by_dhcpd.extend(culprits)
+    else:
+        publish.discard(staged)
+        result.error = f"dhcpd still rejects the set after {MAX_ATTEMPTS} attempts"
+        return result
+
+    state_dir = cfg.paths.under_root(cfg.paths.state_dir)
+    if plan.empty:
+        publish.discard(staged)
+        manifest = publish.Manifest.load(state_dir)
+        result.generation = manifest.generation if manifest else None
+    else:
+        result.generation = publish.swap(staged, state_dir).generation
+    result.ok = True
+    result.written = [f.path for f in plan.write]
+    result.removed = list(plan.remove)
+    result.unchanged = list(plan.unchanged)
+    result.services = plan.services()
+    return result
+
+
+async def render_once(cfg: Config) -> Result:
+    """The whole cycle once: read a snapshot, then :func:`apply` it."""
+    try:
+        snap = await db.read_snapshot(cfg.database)
+    except db.DatabaseError as exc:
+        return Result(error=str(exc))
+    try:
+        return apply(cfg, snap, gather_facts(cfg))
+    except publish.PublishError as exc:
+        return Result(node=snap.node, error=str(exc))
+
+
+def summary(result: Result, root: Path | None = None) -> str:
+    """A report for a person: files, counts, rejected rows, validation."""
+    lines = []
+    if result.model is not None:
+        c = result.model.counts()
+        lines.append(
+            f"snapshot from {result.node}: {c['cmts']} CMTS, {c['pools']} pools, "
+            f"{c['modems']} modems, {c['mtas']} MTAs, {c['endpoints']} endpoints, "
+            f"{c['public']} public, {c['blocked']} blocked"
+        )
+    if result.ok:
+        lines.append(
+            f"validated ({', '.join(dict.fromkeys(result.validated))}): ok; generation "
+            f"{result.generation}; {len(result.written)} written, {len(result.removed)} removed, "
+            f"{len(result.unchanged)} unchanged"
+        )
+        for path in result.written:
+            lines.append(f"  written  {path}")
+        for path in result.removed:
+            lines.append(f"  removed  {path}")
+    rejects = list(result.model.rejects) if result.model else []
+    lines.append(f"rejected rows: {len(rejects)}")
+    lines.extend(f"  {r.table} id {r.id}: {r.reason}" for r in sorted(rejects))
+    if result.model is not None and result.model.skipped:
+        lines.append(f"skipped (empty or reserved MAC, as upstream): {len(result.model.skipped)}")
+    if result.missing_configfiles:
+        n = len(result.missing_configfiles)
+        lines.append(f"configfiles missing under the TFTP root: {n}")
+        lines.extend(f"  {p}" for p in result.missing_configfiles[:20])
+        if n > 20:
+            lines.append(f"  ... and {n - 20} more")
+    lines.extend(f"warning: {w}" for w in result.warnings)
+    if not result.ok:
+        lines.append(f"FAILED: {result.error}")
+        lines.extend(f"  {p}" for p in result.problems)
+    return "\n".join(lines)

@@ -1,0 +1,598 @@
+"""Snapshot -> model: typed, validated rows. Pure: no I/O.
+
+Every value that reaches a generated file passes through here. Typed values (IPs, MACs,
+DNS labels) are validated and normalised; a row that fails is left out and reported as a
+:class:`Reject` naming table, id and reason, and the other rows still go through. Values of
+the singleton configuration rows (``provha``, ``provbase``) that the whole set depends on
+raise :class:`ModelError` instead, because no partial set can be right without them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from provhad.snapshot import Row, Snapshot
+
+POOL_TYPES = ("CM", "CPEPub", "CPEPriv", "MTA")
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_MAC_HEX_RE = re.compile(r"^[0-9a-f]{12}$")
+_MAC_SEP_RE = re.compile(r"[:\-.]")
+# hmac-md5 secrets as ddns-confgen/dnssec-keygen print them: base64.
+_SECRET_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+class ModelError(Exception):
+    """The snapshot cannot produce any correct set (e.g. no usable provbase row)."""
+
+
+@dataclass(frozen=True, order=True)
+class Reject:
+    """A row (or part of one) left out of the set, and why."""
+
+    table: str
+    id: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.table} id {self.id}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class HA:
+    """This node's view of the HA pair (own = this node, peer = the other)."""
+
+    role: str
+    own_ip: str
+    peer_ip: str
+    own_dns_password: str
+    peer_dns_password: str
+    rebuild_interval: int
+    #: failover split (0..256) from provha.load_ratio_master; only the primary declares it
+    split: int = 128
+
+
+@dataclass(frozen=True)
+class Base:
+    """The provbase row: global provisioning settings."""
+
+    provisioning_server: str
+    domain_name: str
+    default_lease_time: int
+    max_lease_time: int
+    multiple_provisioning_systems: bool
+    default_network: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An IPv4 pool of a CMTS."""
+
+    id: int
+    netgw_id: int
+    type: str
+    network: ipaddress.IPv4Network
+    ranges: tuple[tuple[str, str], ...]
+    router: str
+    broadcast: str | None
+    dns: tuple[str, ...]
+    optional: str | None
+    active: bool
+
+    @property
+    def netmask(self) -> str:
+        return str(self.network.netmask)
+
+
+@dataclass(frozen=True)
+class NetGw:
+    """A CMTS-type network gateway and its IPv4 pools."""
+
+    id: int
+    hostname: str
+    pools: tuple[Pool, ...]
+
+
+@dataclass(frozen=True)
+class Modem:
+    id: int
+    hostname: str
+    mac: str
+    has_mta: bool
+
+
+@dataclass(frozen=True)
+class Mta:
+    id: int
+    mac: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: int
+    hostname: str
+    mac: str | None
+    remote_id: str | None
+    fixed_ip: str | None
+
+
+@dataclass(frozen=True)
+class ModemRef:
+    """A modem listed by MAC only (public and blocked subclasses)."""
+
+    id: int
+    mac: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the renderer needs, validated."""
+
+    ha: HA
+    base: Base
+    mta_domain: str | None
+    netgws: tuple[NetGw, ...]
+    modems: tuple[Modem, ...]
+    public_modems: tuple[ModemRef, ...]
+    blocked_modems: tuple[ModemRef, ...]
+    mtas: tuple[Mta, ...]
+    endpoints: tuple[Endpoint, ...]
+    rejects: tuple[Reject, ...] = ()
+    skipped: tuple[Reject, ...] = ()
+
+    @property
+    def pools(self) -> list[Pool]:
+        return [p for gw in self.netgws for p in gw.pools]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "cmts": len(self.netgws),
+            "pools": len(self.pools),
+            "modems": len(self.modems),
+            "mtas": len(self.mtas),
+            "endpoints": len(self.endpoints),
+            "public": len(self.public_modems),
+            "blocked": len(self.blocked_modems),
+            "rejected": len(self.rejects),
+            "skipped": len(self.skipped),
+        }
+
+
+# --- value checks ---------------------------------------------------------------------------
+
+
+class BadValue(ValueError):
+    """A column value that fails its field's check."""
+
+
+def blank(value: Any) -> bool:
+    """NULL and '' are the same in NMS Prime (it converted '' to NULL in 2019)."""
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def ipv4(value: Any, column: str) -> str:
+    """A dotted-quad IPv4 address, normalised."""
+    if not isinstance(value, str):
+        raise BadValue(f"{column} {value!r} is not an IPv4 address")
+    try:
+        return str(ipaddress.IPv4Address(value.strip(" ")))
+    except ValueError:
+        raise BadValue(f"{column} {value!r} is not an IPv4 address") from None
+
+
+def mac(value: Any, column: str = "mac") -> str:
+    """A MAC in lower-case colon form; accepts ':', '-' or Cisco '.' separators."""
+    if not isinstance(value, str):
+        raise BadValue(f"{column} {value!r} is not a MAC address")
+    raw = value.strip(" ").lower()
+    parts = _MAC_SEP_RE.split(raw)
+    if len(parts) == 6 and all(len(p) in (1, 2) for p in parts):
+        raw = "".join(p.zfill(2) for p in parts)
+    elif len(parts) == 3 and all(len(p) == 4 for p in parts):
+        raw = "".join(parts)
+    if not _MAC_HEX_RE.match(raw):
+        raise BadValue(f"{column} {value!r} is not a MAC address")
+    return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
+
+
+def reserved_mac(value: Any) -> bool:
+    """NULL, '' and ff:* MACs are skipped, as upstream does (RFC 7042 reserved)."""
+    return blank(value) or str(value).strip().lower().startswith("ff")
+
+
+def label(value: Any, column: str) -> str:
+    """A single DNS label (host names in dhcpd host declarations)."""
+    if not isinstance(value, str) or not _LABEL_RE.match(value):
+        raise BadValue(f"{column} {value!r} is not a valid DNS label")
+    return value
+
+
+def domain(value: Any, column: str) -> str:
+    """A DNS domain name of one or more labels, without the trailing dot."""
+    if not isinstance(value, str):
+        raise BadValue(f"{column} {value!r} is not a domain name")
+    name = value.strip(" ").rstrip(".")
+    if not name or len(name) > 253 or not all(_LABEL_RE.match(p) for p in name.split(".")):
+        raise BadValue(f"{column} {value!r} is not a domain name")
+    return name
+
+
+def netmask(value: Any, column: str = "netmask") -> int:
+    """A dotted netmask or '/NN' (both accepted by the NMS Prime GUI) as a prefix length."""
+    if not isinstance(value, str) or blank(value):
+        raise BadValue(f"{column} {value!r} is not a netmask")
+    text = value.strip(" ")
+    if text.startswith("/") and text[1:].isdigit() and 0 <= int(text[1:]) <= 32:
+        return int(text[1:])
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
+    except ValueError:
+        raise BadValue(f"{column} {value!r} is not a netmask") from None
+
+
+def integer(value: Any, column: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadValue(f"{column} {value!r} is not an integer >= {minimum}")
+    return value
+
+
+def secret(value: Any, column: str) -> str:
+    """An hmac-md5 secret (base64); it ends up in key files and a shell script."""
+    if not isinstance(value, str) or not _SECRET_RE.match(value.strip()):
+        raise BadValue(f"{column} is not a base64 secret")
+    return value.strip()
+
+
+def check_optional(text: str) -> str:
+    """Raw dhcpd statements of a pool, checked so they stay inside their subnet block.
+
+    They are directives by design, so only their shape is checked: balanced braces,
+    terminated strings and no ``include`` (which could pull in any file).
+    """
+    depth = 0
+    i = 0
+    n = len(text)
+    expect_statement = True
+    while i < n:
+        c = text[i]
+        if c == "#":
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl
+            continue
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\n":
+                    raise BadValue("optional has a string that spans lines")
+                i += 2 if text[i] == "\\" else 1
+            if i >= n:
+                raise BadValue("optional has an unterminated string")
+            expect_statement = False
+        elif c == "{":
+            depth += 1
+            expect_statement = True
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                raise BadValue("optional closes a block it did not open")
+            expect_statement = True
+        elif c == ";":
+            expect_statement = True
+        elif c.isalpha() and expect_statement:
+            word = re.match(r"[A-Za-z-]+", text[i:])
+            if word and word.group(0).lower() == "include":
+                raise BadValue("optional may not use include")
+            i += len(word.group(0)) if word else 1
+            expect_statement = False
+            continue
+        elif not c.isspace():
+            expect_statement = False
+        i += 1
+    if depth:
+        raise BadValue("optional leaves a block open")
+    return text
+
+
+# --- the rows -----------------------------------------------------------------------------
+
+
+def _first(rows: Sequence[Row], table: str) -> Row:
+    if not rows:
+        raise ModelError(f"table {table} has no usable row")
+    return min(rows, key=lambda r: r["id"])
+
+
+def build_ha(row: Row, role: str) -> HA:
+    """Own and peer from the provha row, as upstream's setProvhaProperties()."""
+    try:
+        master = ipv4(row.get("master"), "master")
+        slaves = str(row.get("slaves") or "")
+        first_slave = slaves.split(",")[0].strip()
+        slave = ipv4(first_slave, "slaves")
+        master_pw = secret(row.get("master_dns_password"), "master_dns_password")
+        slave_pw = secret(row.get("slave_dns_password"), "slave_dns_password")
+        interval = integer(row.get("slave_config_rebuild_interval"), "slave_config_rebuild_interval")
+        ratio = row.get("load_ratio_master", 0.5)
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            raise BadValue(f"load_ratio_master {ratio!r} is not between 0 and 1")
+    except BadValue as exc:
+        raise ModelError(f"provha id {row.get('id')}: {exc}") from None
+    split = round(float(ratio) * 256)
+    if role == "master":
+        return HA(role, master, slave, master_pw, slave_pw, interval, split)
+    return HA(role, slave, master, slave_pw, master_pw, interval, split)
+
+
+def build_base(row: Row, prefix: int) -> Base:
+    try:
+        server = ipv4(row.get("provisioning_server"), "provisioning_server")
+        dom = domain(row.get("domain_name"), "domain_name")
+        default_lease = integer(row.get("dhcp_def_lease_time"), "dhcp_def_lease_time", 1)
+        max_lease = integer(row.get("dhcp_max_lease_time"), "dhcp_max_lease_time", 1)
+    except BadValue as exc:
+        raise ModelError(f"provbase id {row.get('id')}: {exc}") from None
+    network = ipaddress.IPv4Network(f"{server}/{prefix}", strict=False)
+    return Base(
+        server, dom, default_lease, max_lease, bool(row.get("multiple_provisioning_systems")), network
+    )
+
+
+def cut_ranges(start: int, end: int, holes: Iterable[int]) -> list[tuple[int, int]]:
+    """[start, end] without the addresses in ``holes`` (sorted), as compact sub-ranges."""
+    out = []
+    cur = start
+    for h in sorted(set(h for h in holes if start <= h <= end)):
+        if h > cur:
+            out.append((cur, h - 1))
+        cur = h + 1
+    if cur <= end:
+        out.append((cur, end))
+    return out
+
+
+def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
+    """One ippool row, or BadValue."""
+    ptype = row.get("type")
+    if ptype not in POOL_TYPES:
+        raise BadValue(f"unknown pool type {ptype!r}")
+    net_ip = ipv4(row.get("net"), "net")
+    prefix = netmask(row.get("netmask"))
+    try:
+        network = ipaddress.IPv4Network(f"{net_ip}/{prefix}")
+    except ValueError:
+        raise BadValue(
+            f"net {net_ip} is not the network address of a /{prefix} subnet"
+        ) from None
+    start = ipaddress.IPv4Address(ipv4(row.get("ip_pool_start"), "ip_pool_start"))
+    end = ipaddress.IPv4Address(ipv4(row.get("ip_pool_end"), "ip_pool_end"))
+    if start not in network or end not in network:
+        raise BadValue(f"range {start}-{end} is outside subnet {network}")
+    if start > end:
+        raise BadValue(f"range start {start} is after end {end}")
+    router = ipv4(row.get("router_ip"), "router_ip")
+    broadcast = None if blank(row.get("broadcast_ip")) else ipv4(row["broadcast_ip"], "broadcast_ip")
+    dns = tuple(
+        ipv4(row[c], c) for c in ("dns1_ip", "dns2_ip", "dns3_ip") if not blank(row.get(c))
+    )
+    if ptype == "CPEPub":
+        pieces = cut_ranges(int(start), int(end), fixed_ips)
+    else:
+        pieces = [(int(start), int(end))]
+    ranges = tuple(
+        (str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b))) for a, b in pieces
+    )
+    optional = row.get("optional")
+    optional = None if blank(optional) else str(optional)
+    return Pool(
+        id=int(row["id"]),
+        netgw_id=int(row["netgw_id"]),
+        type=ptype,
+        network=network,
+        ranges=ranges,
+        router=router,
+        broadcast=broadcast,
+        dns=dns,
+        optional=optional,
+        active=bool(row.get("active", 1)),
+    )
+
+
+def _build_netgws(
+    snap: Snapshot,
+    rejects: list[Reject],
+    dropped_optional: Mapping[int, str],
+    dropped_pools: Mapping[int, str],
+) -> tuple[NetGw, ...]:
+    fixed: list[int] = []
+    for ip in snap.fixed_ips:
+        try:
+            fixed.append(int(ipaddress.IPv4Address(str(ip).strip())))
+        except ValueError:
+            pass  # reported with the endpoint row itself
+    fixed.sort()
+    pools_by_gw: dict[int, list[Pool]] = {}
+    taken: list[tuple[int, int, int]] = []  # (first, last, pool id) of every range so far
+    gw_ids = {int(r["id"]) for r in snap.netgw}
+    for row in sorted(snap.ippool, key=lambda r: r["id"]):
+        if row.get("netgw_id") not in gw_ids:
+            continue
+        if row["id"] in dropped_pools:
+            rejects.append(Reject("ippool", row["id"], dropped_pools[row["id"]]))
+            continue
+        try:
+            pool = build_pool(row, fixed)
+        except BadValue as exc:
+            rejects.append(Reject("ippool", row.get("id"), str(exc)))
+            continue
+        if pool.optional is not None:
+            try:
+                check_optional(pool.optional)
+                if pool.id in dropped_optional:
+                    raise BadValue(dropped_optional[pool.id])
+            except BadValue as exc:
+                rejects.append(
+                    Reject("ippool", pool.id, f"{exc}; pool rendered without its optional")
+                )
+                pool = replace(pool, optional=None)
+        spans = [(int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b))) for a, b in pool.ranges]
+        clash = next(
+            (pid for a, b in spans for (x, y, pid) in taken if a <= y and x <= b), None
+        )
+        if clash is not None:
+            rejects.append(Reject("ippool", pool.id, f"range overlaps ippool id {clash}"))
+            continue
+        taken.extend((a, b, pool.id) for a, b in spans)
+        pools_by_gw.setdefault(pool.netgw_id, []).append(pool)
+    out = []
+    for row in snap.netgw:  # upstream keeps the database order here
+        gid = int(row["id"])
+        name = row.get("hostname")
+        if blank(name):
+            name = f"netgw-{gid}"
+        out.append(NetGw(gid, str(name), tuple(pools_by_gw.get(gid, ()))))
+    return tuple(out)
+
+
+@dataclass
+class _Hosts:
+    """dhcpd host names are one namespace across modems, endpoints and MTAs."""
+
+    names: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def claim(self, name: str, table: str, row_id: int) -> None:
+        key = name.lower()
+        if key in self.names:
+            other_table, other_id = self.names[key]
+            raise BadValue(f"host name {name!r} is already used by {other_table} id {other_id}")
+        self.names[key] = (table, row_id)
+
+
+def build(
+    snap: Snapshot,
+    role: str,
+    *,
+    default_network_prefix: int = 22,
+    dropped_optional: Mapping[int, str] | None = None,
+    dropped_rows: Mapping[tuple[str, int], str] | None = None,
+) -> Model:
+    """The validated model of a snapshot for this node's ``role``.
+
+    ``dropped_optional`` (pool id -> reason) and ``dropped_rows`` ((table, id) -> reason) name
+    what the real dhcpd rejected in an earlier attempt; it is left out and reported.
+    """
+    dropped_rows = dropped_rows or {}
+    rejects: list[Reject] = []
+    skipped: list[Reject] = []
+    ha = build_ha(_first(snap.provha, "provha"), role)
+    base = build_base(_first(snap.provbase, "provbase"), default_network_prefix)
+    mta_domain = None
+    if snap.provvoip:
+        row = _first(snap.provvoip, "provvoip")
+        if not blank(row.get("mta_domain")):
+            try:
+                mta_domain = domain(row["mta_domain"], "mta_domain")
+            except BadValue as exc:
+                rejects.append(Reject("provvoip", row.get("id"), f"{exc}; zone left out"))
+
+    netgws = _build_netgws(
+        snap,
+        rejects,
+        dropped_optional or {},
+        {i: r for (t, i), r in dropped_rows.items() if t == "ippool"},
+    )
+    hosts = _Hosts()
+
+    def dropped(table: str, row: Row) -> bool:
+        reason = dropped_rows.get((table, int(row["id"])))
+        if reason is not None:
+            rejects.append(Reject(table, int(row["id"]), reason))
+            return True
+        return False
+
+    mta_owner: set[int] = set()
+    for row in snap.mta:
+        value = row.get("mac")
+        if not (isinstance(value, str) and value.strip().lower().startswith("ff")):
+            mta_owner.add(row.get("modem_id") or 0)  # upstream counts a NULL MAC too
+
+    modems: list[Modem] = []
+    public: list[ModemRef] = []
+    blocked: list[ModemRef] = []
+    for row in snap.modem:
+        mid = int(row["id"])
+        if mid == 0 or dropped("modem", row):
+            continue
+        raw = row.get("mac")
+        if not row.get("internet_access", 1) and not blank(raw):
+            try:
+                blocked.append(ModemRef(mid, mac(raw)))
+            except BadValue as exc:
+                rejects.append(Reject("modem", mid, f"{exc}; not blocked"))
+        if reserved_mac(raw):
+            skipped.append(Reject("modem", mid, f"mac {raw!r} is empty or reserved (ff:*)"))
+            continue
+        try:
+            cm_mac = mac(raw)
+            name = label(row.get("hostname"), "hostname")
+            hosts.claim(name, "modem", mid)
+        except BadValue as exc:
+            rejects.append(Reject("modem", mid, str(exc)))
+            continue
+        modems.append(Modem(mid, name, cm_mac, mid in mta_owner))
+        if row.get("public"):
+            public.append(ModemRef(mid, cm_mac))
+
+    endpoints: list[Endpoint] = []
+    for row in snap.endpoint:
+        eid = int(row["id"])
+        if dropped("endpoint", row):
+            continue
+        try:
+            name = label(row.get("hostname"), "hostname")
+            ep_mac = None if blank(row.get("mac")) else mac(row.get("mac"))
+            remote = None
+            if ep_mac is None:
+                remote = mac(row.get("modemmac"), "mac of its modem")
+            fixed = None
+            if row.get("fixed_ip") and not blank(row.get("ip")):
+                fixed = ipv4(row.get("ip"), "ip")
+            hosts.claim(name, "endpoint", eid)
+        except BadValue as exc:
+            rejects.append(Reject("endpoint", eid, str(exc)))
+            continue
+        endpoints.append(Endpoint(eid, name, ep_mac, remote, fixed))
+
+    mtas: list[Mta] = []
+    for row in snap.mta:
+        tid = int(row["id"])
+        if dropped("mta", row):
+            continue
+        raw = row.get("mac")
+        if reserved_mac(raw):
+            skipped.append(Reject("mta", tid, f"mac {raw!r} is empty or reserved (ff:*)"))
+            continue
+        try:
+            mta_mac = mac(raw)
+            hosts.claim(f"mta-{tid}", "mta", tid)
+        except BadValue as exc:
+            rejects.append(Reject("mta", tid, str(exc)))
+            continue
+        mtas.append(Mta(tid, mta_mac))
+
+    return Model(
+        ha=ha,
+        base=base,
+        mta_domain=mta_domain,
+        netgws=netgws,
+        modems=tuple(modems),
+        public_modems=tuple(public),
+        blocked_modems=tuple(blocked),
+        mtas=tuple(mtas),
+        endpoints=tuple(endpoints),
+        rejects=tuple(rejects),
+        skipped=tuple(skipped),
+    )

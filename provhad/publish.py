@@ -1,0 +1,399 @@
+"""The file edge: what is live, staging next to it, validation by the real daemons, the swap.
+
+Staged files are hidden siblings of their live paths (``.NAME.provhad-new``) so the swap is a
+rename on the same file system. The set is validated as it will be live: files that did not
+change are read from their live path, changed ones from their staged copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provhad.config import Config, ValidateConfig
+from provhad.model import Model
+from provhad.render import CHRONY, DDNS, DHCPD, INCLUDERS, NAMED, OmapiKey, RenderedFile, RenderedSet
+
+STAGE_SUFFIX = ".provhad-new"
+CHECK_SUFFIX = ".provhad-check"
+MANIFEST = "manifest.json"
+_CMTS_FILE = re.compile(r"^\d+\.conf$")
+_DHCPD_ERROR = re.compile(r"^(?P<path>/\S+) line (?P<line>\d+): (?P<msg>.*)$")
+
+
+class PublishError(Exception):
+    """Staging or swapping failed (disk full, read-only file system ...); live set untouched."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sibling(path: str, suffix: str) -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}{suffix}")
+
+
+def live_path(path: str) -> str:
+    """The live path behind a staged or check copy's path (dhcpd names those in errors)."""
+    head, name = os.path.split(path)
+    for suffix in (STAGE_SUFFIX, CHECK_SUFFIX):
+        if name.startswith(".") and name.endswith(suffix):
+            return os.path.join(head, name[1 : -len(suffix)])
+    return path
+
+
+# --- what is live -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a publish has to do to make the rendered set live. Pure data."""
+
+    write: tuple[RenderedFile, ...]
+    remove: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.write and not self.remove
+
+    def services(self) -> set[str]:
+        """Daemons whose files change (a removed cmts_gws file is dhcpd's)."""
+        return {f.service for f in self.write} | ({DHCPD} if self.remove else set())
+
+
+def live_hashes(rendered: RenderedSet) -> dict[str, str | None]:
+    """Hash of each rendered path as it is on disk now (None: missing)."""
+    out: dict[str, str | None] = {}
+    for path in rendered.files:
+        try:
+            out[path] = sha256(Path(path).read_bytes())
+        except FileNotFoundError:
+            out[path] = None
+    return out
+
+
+def stale_files(rendered: RenderedSet) -> list[str]:
+    """cmts_gws/<id>.conf files of gateways that are gone (upstream's observer deletes them)."""
+    try:
+        names = os.listdir(rendered.cmts_dir)
+    except FileNotFoundError:
+        return []
+    paths = (os.path.join(rendered.cmts_dir, n) for n in names if _CMTS_FILE.match(n))
+    return sorted(p for p in paths if p not in rendered.files)
+
+
+def make_plan(rendered: RenderedSet, live: dict[str, str | None], stale: Iterable[str]) -> Plan:
+    write, same = [], []
+    for path, f in rendered.files.items():
+        (same if live.get(path) == sha256(f.data) else write).append(f)
+    return Plan(tuple(write), tuple(stale), tuple(f.path for f in same))
+
+
+# --- facts about this host the renderer needs --------------------------------------------------
+
+_OMAPI_KEY = re.compile(
+    r"key\s+(?P<name>[A-Za-z0-9_.-]+)\s*\{[^}]*?secret\s+\"?(?P<secret>[A-Za-z0-9+/=]+)\"?\s*;",
+    re.S,
+)
+_PRIVATE_KEY = re.compile(r"^Key:\s*(?P<secret>[A-Za-z0-9+/=]+)\s*$", re.M)
+
+
+def find_omapi_key(cfg: Config) -> OmapiKey | None:
+    """The OMAPI key to keep: the configured secret, else the live failover.conf's key block,
+    else the ``K<name>.+157+*.private`` file dnssec-keygen left at install time."""
+    name = cfg.render.omapi_key_name
+    if cfg.render.omapi_secret:
+        return OmapiKey(name, cfg.render.omapi_secret)
+    dhcp_dir = cfg.paths.under_root(cfg.paths.dhcp_dir)
+    with contextlib.suppress(OSError):
+        found = _OMAPI_KEY.search((dhcp_dir / "failover.conf").read_text(encoding="utf-8"))
+        if found:
+            return OmapiKey(found.group("name"), found.group("secret"))
+    with contextlib.suppress(OSError):
+        for private in sorted(dhcp_dir.glob(f"K{name}.+*.private")):
+            match = _PRIVATE_KEY.search(private.read_text(encoding="utf-8"))
+            if match:
+                return OmapiKey(name, match.group("secret"))
+    return None
+
+
+def network_access_hosts(cfg: Config) -> frozenset[str]:
+    """Modems whose TFTP ``cm/<hostname>.conf`` says ``NetworkAccess 1`` (for ignore-cpe.conf)."""
+    cm_dir = cfg.paths.under_root(cfg.paths.tftp_root) / "cm"
+    out = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(cm_dir):
+            if entry.name.endswith(".conf"):
+                with contextlib.suppress(OSError):
+                    text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
+                    if re.search(r"NetworkAccess\s+1\s*;", text):
+                        out.add(entry.name[: -len(".conf")])
+    return frozenset(out)
+
+
+def missing_configfiles(cfg: Config, model: Model) -> list[str]:
+    """Configfiles named in host entries that are not under the TFTP root (such a modem
+    reboots endlessly when this node answers it)."""
+    root = cfg.paths.under_root(cfg.paths.tftp_root)
+    present: dict[str, set[str]] = {}
+    for sub in ("cm", "mta"):
+        try:
+            present[sub] = set(os.listdir(root / sub))
+        except OSError:
+            present[sub] = set()
+    wanted = [("cm", f"{m.hostname}.cfg") for m in model.modems]
+    if cfg.render.provvoip:
+        wanted += [("mta", f"mta-{t.id}.cfg") for t in model.mtas]
+    return [f"{sub}/{name}" for sub, name in wanted if name not in present[sub]]
+
+
+# --- validation by the real daemons ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One complaint of a validator, mapped back to a live path when it names a file."""
+
+    service: str
+    message: str
+    path: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path} line {self.line}: " if self.path else ""
+        return f"{self.service}: {where}{self.message}"
+
+
+@dataclass
+class Validation:
+    problems: list[Problem] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _run(argv: list[str], timeout: float) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,  # so a timeout kills nothing of ours
+            check=False,
+        )
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: not found"
+    except subprocess.TimeoutExpired:
+        return 124, f"{argv[0]}: no answer within {timeout:.0f} s"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def parse_dhcpd_errors(output: str) -> list[Problem]:
+    """dhcpd -t's ``FILE line N: message`` lines; else its last meaningful line."""
+    found = []
+    for line in output.splitlines():
+        m = _DHCPD_ERROR.match(line.strip())
+        if m:
+            found.append(Problem(DHCPD, m["msg"], live_path(m["path"]), int(m["line"])))
+    if found:
+        return found
+    lines = [
+        ln.strip()
+        for ln in output.splitlines()
+        if ln.strip() and ("error" in ln.lower() or "exiting" in ln.lower() or "not found" in ln)
+    ]
+    return [Problem(DHCPD, lines[0] if lines else "dhcpd -t failed without a message")]
+
+
+# --- the staged generation ---------------------------------------------------------------------
+
+
+@dataclass
+class Staged:
+    """Files written next to their live paths, not yet live."""
+
+    plan: Plan
+    rendered: RenderedSet
+    paths: dict[str, str] = field(default_factory=dict)  # live path -> staged path
+    checks: list[str] = field(default_factory=list)
+
+    def locate(self, path: str) -> str:
+        """Where the validators should read ``path`` from."""
+        if os.path.basename(path) in INCLUDERS or path in self.paths:
+            name = os.path.basename(path)
+            return sibling(path, CHECK_SUFFIX if name in INCLUDERS else STAGE_SUFFIX)
+        return path
+
+
+def _write(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_leftovers(dirs: Iterable[str]) -> list[str]:
+    """Remove staged and check copies a crash left behind."""
+    removed = []
+    for d in dirs:
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(d):
+                if name.startswith(".") and name.endswith((STAGE_SUFFIX, CHECK_SUFFIX)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(d, name))
+                        removed.append(os.path.join(d, name))
+    return removed
+
+
+def target_dirs(rendered: RenderedSet) -> list[str]:
+    return sorted({os.path.dirname(p) for p in rendered.files} | {rendered.cmts_dir})
+
+
+def stage(plan: Plan, rendered: RenderedSet) -> Staged:
+    """Write every changed file as a hidden sibling (fsynced). Raises PublishError."""
+    staged = Staged(plan, rendered)
+    try:
+        for d in target_dirs(rendered):
+            os.makedirs(d, exist_ok=True)
+        for f in plan.write:
+            tmp = sibling(f.path, STAGE_SUFFIX)
+            _write(tmp, f.data, f.mode)
+            staged.paths[f.path] = tmp
+    except OSError as exc:
+        discard(staged)
+        raise PublishError(f"staging failed: {exc.strerror or exc} ({exc.filename})") from exc
+    return staged
+
+
+def write_checks(staged: Staged, render_includers: Callable[[Callable[[str], str]], RenderedSet]) -> None:
+    """Copies of the include-bearing files that point at the staged files, for dhcpd -t."""
+    try:
+        for f in render_includers(staged.locate).files.values():
+            check = sibling(f.path, CHECK_SUFFIX)
+            _write(check, f.data, 0o600)
+            staged.checks.append(check)
+    except OSError as exc:
+        discard(staged)
+        raise PublishError(f"staging failed: {exc.strerror or exc} ({exc.filename})") from exc
+
+
+def validate(staged: Staged, vcfg: ValidateConfig, services: set[str] | None = None) -> Validation:
+    """Run each real daemon's parser over the staged set as it would be live."""
+    rendered = staged.rendered
+    wanted = services if services is not None else {DHCPD, NAMED, CHRONY, DDNS}
+    result = Validation()
+    if DHCPD in wanted:
+        conf = staged.locate(rendered.dhcpd_conf)
+        rc, out = _run([vcfg.dhcpd, "-t", "-q", "-cf", conf], vcfg.timeout)
+        result.checked.append("dhcpd -t")
+        if rc != 0:
+            result.problems.extend(parse_dhcpd_errors(out))
+    for f in rendered.by_service(NAMED) if NAMED in wanted else []:
+        rc, out = _run([vcfg.named_checkconf, staged.locate(f.path)], vcfg.timeout)
+        result.checked.append("named-checkconf")
+        if rc != 0:
+            result.problems.append(Problem(NAMED, _clean(out, staged), f.path))
+    for f in rendered.by_service(CHRONY) if CHRONY in wanted else []:
+        rc, out = _run([vcfg.chronyd, "-p", "-f", staged.locate(f.path)], vcfg.timeout)
+        result.checked.append("chronyd -p")
+        if rc != 0:
+            result.problems.append(Problem(CHRONY, _clean(out, staged), f.path))
+    for f in rendered.by_service(DDNS) if DDNS in wanted else []:
+        rc, out = _run(["sh", "-n", staged.locate(f.path)], vcfg.timeout)
+        result.checked.append("sh -n")
+        if rc != 0:
+            result.problems.append(Problem(DDNS, _clean(out, staged), f.path))
+    return result
+
+
+def _clean(output: str, staged: Staged) -> str:
+    text = " ".join(output.split())
+    for live, tmp in staged.paths.items():
+        text = text.replace(tmp, live)
+    return text or "rejected without a message"
+
+
+def discard(staged: Staged) -> None:
+    for tmp in [*staged.paths.values(), *staged.checks]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    staged.paths.clear()
+    staged.checks.clear()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Which generation is live and the hash of each of its files; written last."""
+
+    generation: int
+    files: dict[str, str]
+    written_at: str
+
+    @staticmethod
+    def load(state_dir: Path) -> Manifest | None:
+        try:
+            data = json.loads((state_dir / MANIFEST).read_text(encoding="utf-8"))
+            return Manifest(int(data["generation"]), dict(data["files"]), str(data["written_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def swap(staged: Staged, state_dir: Path) -> Manifest:
+    """Rename the staged files into place, remove stale ones, fsync, then write the manifest."""
+    rendered = staged.rendered
+    try:
+        for live, tmp in staged.paths.items():
+            os.replace(tmp, live)
+        for path in staged.plan.remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for d in target_dirs(rendered):
+            _fsync_dir(d)
+    except OSError as exc:
+        raise PublishError(f"swap failed: {exc.strerror or exc} ({exc.filename})") from exc
+    finally:
+        for check in staged.checks:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(check)
+    previous = Manifest.load(state_dir)
+    manifest = Manifest(
+        generation=(previous.generation + 1) if previous else 1,
+        files={p: sha256(f.data) for p, f in sorted(rendered.files.items())},
+        written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = str(state_dir / f".{MANIFEST}{STAGE_SUFFIX}")
+        body = json.dumps(manifest.__dict__, indent=1, sort_keys=True).encode()
+        _write(tmp, body, 0o644)
+        os.replace(tmp, state_dir / MANIFEST)
+        _fsync_dir(str(state_dir))
+    except OSError as exc:
+        raise PublishError(f"manifest write failed: {exc.strerror or exc}") from exc
+    return manifest
