@@ -127,11 +127,11 @@ def _check_hosts(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise ValueError("must be a non-empty list of \"host[:port]\" strings")
+        raise ValueError('must be a non-empty list of "host[:port]" strings')
     out = []
     for item in value:
         if not isinstance(item, str) or not _HOST_RE.match(item.strip()):
-            raise ValueError(f"{item!r} is not \"host\" or \"host:port\"")
+            raise ValueError(f'{item!r} is not "host" or "host:port"')
         out.append(item.strip())
     return tuple(out)
 
@@ -144,7 +144,7 @@ def _check_abs_path(value: Any) -> str:
 
 def _check_timezone(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError("must be a string such as \"Europe/Berlin\"")
+        raise ValueError('must be a string such as "Europe/Berlin"')
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -224,7 +224,9 @@ def _database_from_env(paths: PathsConfig) -> tuple[DatabaseConfig, str, str | N
     env_path = paths.under_root(paths.nmsprime_env_dir) / "global.env"
     if not env_path.is_file():
         raise ConfigError(
-            env_path, "", "no [database] section in the config and NMS Prime's global.env is missing"
+            env_path,
+            "",
+            "no [database] section in the config and NMS Prime's global.env is missing",
         )
     env = parse_env_file(env_path)
     port = env.get("DB_PORT", "3306") or "3306"
@@ -252,7 +254,9 @@ def _own_state_from_env(paths: PathsConfig) -> str:
     env_path = paths.under_root(paths.nmsprime_env_dir) / "provha.env"
     if not env_path.is_file():
         raise ConfigError(
-            env_path, "", "no [provha] own_state in the config and NMS Prime's provha.env is missing"
+            env_path,
+            "",
+            "no [provha] own_state in the config and NMS Prime's provha.env is missing",
         )
     state = parse_env_file(env_path).get("PROVHA__OWN_STATE", "").strip().lower()
     if state not in ROLES:
@@ -283,7 +287,9 @@ def load(path: str | os.PathLike[str] | None, root: str | None = None) -> Config
                 file, key, f"unknown section (known: {', '.join(sorted((*_SECTIONS, 'provha')))})"
             )
     sections: dict[str, Any] = {
-        name: _section(file, name, data[name], cls) for name, cls in _SECTIONS.items() if name in data
+        name: _section(file, name, data[name], cls)
+        for name, cls in _SECTIONS.items()
+        if name in data
     }
     paths: PathsConfig = sections.get("paths", PathsConfig())
     if root is not None:

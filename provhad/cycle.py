@@ -76,11 +76,14 @@ def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
         result.model = m
         rendered = renderer.render(m, facts)
         publish.clean_leftovers(publish.target_dirs(rendered))
-        plan = publish.make_plan(rendered, publish.live_hashes(rendered), publish.stale_files(rendered))
+        plan = publish.make_plan(
+            rendered, publish.live_hashes(rendered), publish.stale_files(rendered)
+        )
         result.missing_configfiles = publish.missing_configfiles(cfg, m)
         staged = publish.stage(plan, rendered)
         publish.write_checks(
-            staged, lambda where: renderer.render(m, facts, locate=where, only=INCLUDERS)
+            staged,
+            lambda where, m=m: renderer.render(m, facts, locate=where, only=INCLUDERS),  # type: ignore[misc]
         )
         check = publish.validate(staged, cfg.validate)
         result.validated = check.checked

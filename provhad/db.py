@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,9 @@ QUERIES: dict[str, str] = {
     "provha": "SELECT * FROM provha ORDER BY id LIMIT 1",
     "provbase": "SELECT * FROM provbase WHERE deleted_at IS NULL ORDER BY id LIMIT 1",
     "provvoip": "SELECT id, mta_domain FROM provvoip WHERE deleted_at IS NULL ORDER BY id LIMIT 1",
-    "netgw": "SELECT id, hostname FROM netgw WHERE type = 'cmts' AND deleted_at IS NULL ORDER BY id",
+    "netgw": (
+        "SELECT id, hostname FROM netgw WHERE type = 'cmts' AND deleted_at IS NULL ORDER BY id"
+    ),
     "ippool": (
         "SELECT id, netgw_id, type, net, netmask, ip_pool_start, ip_pool_end, router_ip,"
         " broadcast_ip, dns1_ip, dns2_ip, dns3_ip, optional, active"
@@ -35,9 +38,7 @@ QUERIES: dict[str, str] = {
         " WHERE e.version = '4' AND e.deleted_at IS NULL ORDER BY e.id"
     ),
 }
-FIXED_IPS = (
-    "SELECT ip FROM endpoint WHERE fixed_ip = 1 AND ip IS NOT NULL AND deleted_at IS NULL"
-)
+FIXED_IPS = "SELECT ip FROM endpoint WHERE fixed_ip = 1 AND ip IS NOT NULL AND deleted_at IS NULL"
 _NO_SUCH_TABLE = 1146
 
 
@@ -107,11 +108,9 @@ async def _rows(cur: Any, sql: str) -> list[Row]:
 async def read_snapshot_from(conn: aiomysql.Connection, node: str = "") -> Snapshot:
     """All tables in one read-only transaction with a consistent snapshot."""
     async with conn.cursor(aiomysql.DictCursor) as cur:
-        try:
-            # causal read: see every commit the cluster has certified before this point
+        # causal read: see every commit the cluster has certified before this point
+        with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
             await cur.execute("SET SESSION wsrep_sync_wait = 1")
-        except pymysql.err.MySQLError:
-            pass  # not a Galera server
         await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         try:

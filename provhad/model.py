@@ -9,6 +9,7 @@ raise :class:`ModelError` instead, because no partial set can be right without t
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -229,6 +230,8 @@ def netmask(value: Any, column: str = "netmask") -> int:
     if text.startswith("/") and text[1:].isdigit() and 0 <= int(text[1:]) <= 32:
         return int(text[1:])
     try:
+        if text.count(".") != 3:
+            raise ValueError(text)
         return ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
     except ValueError:
         raise BadValue(f"{column} {value!r} is not a netmask") from None
@@ -315,7 +318,9 @@ def build_ha(row: Row, role: str) -> HA:
         slave = ipv4(first_slave, "slaves")
         master_pw = secret(row.get("master_dns_password"), "master_dns_password")
         slave_pw = secret(row.get("slave_dns_password"), "slave_dns_password")
-        interval = integer(row.get("slave_config_rebuild_interval"), "slave_config_rebuild_interval")
+        interval = integer(
+            row.get("slave_config_rebuild_interval"), "slave_config_rebuild_interval"
+        )
         ratio = row.get("load_ratio_master", 0.5)
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
             raise BadValue(f"load_ratio_master {ratio!r} is not between 0 and 1")
@@ -337,7 +342,12 @@ def build_base(row: Row, prefix: int) -> Base:
         raise ModelError(f"provbase id {row.get('id')}: {exc}") from None
     network = ipaddress.IPv4Network(f"{server}/{prefix}", strict=False)
     return Base(
-        server, dom, default_lease, max_lease, bool(row.get("multiple_provisioning_systems")), network
+        server,
+        dom,
+        default_lease,
+        max_lease,
+        bool(row.get("multiple_provisioning_systems")),
+        network,
     )
 
 
@@ -364,9 +374,7 @@ def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
     try:
         network = ipaddress.IPv4Network(f"{net_ip}/{prefix}")
     except ValueError:
-        raise BadValue(
-            f"net {net_ip} is not the network address of a /{prefix} subnet"
-        ) from None
+        raise BadValue(f"net {net_ip} is not the network address of a /{prefix} subnet") from None
     start = ipaddress.IPv4Address(ipv4(row.get("ip_pool_start"), "ip_pool_start"))
     end = ipaddress.IPv4Address(ipv4(row.get("ip_pool_end"), "ip_pool_end"))
     if start not in network or end not in network:
@@ -374,10 +382,10 @@ def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
     if start > end:
         raise BadValue(f"range start {start} is after end {end}")
     router = ipv4(row.get("router_ip"), "router_ip")
-    broadcast = None if blank(row.get("broadcast_ip")) else ipv4(row["broadcast_ip"], "broadcast_ip")
-    dns = tuple(
-        ipv4(row[c], c) for c in ("dns1_ip", "dns2_ip", "dns3_ip") if not blank(row.get(c))
+    broadcast = (
+        None if blank(row.get("broadcast_ip")) else ipv4(row["broadcast_ip"], "broadcast_ip")
     )
+    dns = tuple(ipv4(row[c], c) for c in ("dns1_ip", "dns2_ip", "dns3_ip") if not blank(row.get(c)))
     if ptype == "CPEPub":
         pieces = cut_ranges(int(start), int(end), fixed_ips)
     else:
@@ -409,10 +417,8 @@ def _build_netgws(
 ) -> tuple[NetGw, ...]:
     fixed: list[int] = []
     for ip in snap.fixed_ips:
-        try:
+        with contextlib.suppress(ValueError):  # reported with the endpoint row itself
             fixed.append(int(ipaddress.IPv4Address(str(ip).strip())))
-        except ValueError:
-            pass  # reported with the endpoint row itself
     fixed.sort()
     pools_by_gw: dict[int, list[Pool]] = {}
     taken: list[tuple[int, int, int]] = []  # (first, last, pool id) of every range so far
@@ -438,10 +444,10 @@ def _build_netgws(
                     Reject("ippool", pool.id, f"{exc}; pool rendered without its optional")
                 )
                 pool = replace(pool, optional=None)
-        spans = [(int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b))) for a, b in pool.ranges]
-        clash = next(
-            (pid for a, b in spans for (x, y, pid) in taken if a <= y and x <= b), None
-        )
+        spans = [
+            (int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b))) for a, b in pool.ranges
+        ]
+        clash = next((pid for a, b in spans for (x, y, pid) in taken if a <= y and x <= b), None)
         if clash is not None:
             rejects.append(Reject("ippool", pool.id, f"range overlaps ippool id {clash}"))
             continue

@@ -20,7 +20,16 @@ from pathlib import Path
 
 from provhad.config import Config, ValidateConfig
 from provhad.model import Model
-from provhad.render import CHRONY, DDNS, DHCPD, INCLUDERS, NAMED, OmapiKey, RenderedFile, RenderedSet
+from provhad.render import (
+    CHRONY,
+    DDNS,
+    DHCPD,
+    INCLUDERS,
+    NAMED,
+    OmapiKey,
+    RenderedFile,
+    RenderedSet,
+)
 
 STAGE_SUFFIX = ".provhad-new"
 CHECK_SUFFIX = ".provhad-check"
@@ -77,7 +86,7 @@ def live_hashes(rendered: RenderedSet) -> dict[str, str | None]:
     for path in rendered.files:
         try:
             out[path] = sha256(Path(path).read_bytes())
-        except FileNotFoundError:
+        except OSError:  # missing or unreadable: write it (staging reports what is wrong)
             out[path] = None
     return out
 
@@ -86,14 +95,15 @@ def stale_files(rendered: RenderedSet) -> list[str]:
     """cmts_gws/<id>.conf files of gateways that are gone (upstream's observer deletes them)."""
     try:
         names = os.listdir(rendered.cmts_dir)
-    except FileNotFoundError:
+    except OSError:
         return []
     paths = (os.path.join(rendered.cmts_dir, n) for n in names if _CMTS_FILE.match(n))
     return sorted(p for p in paths if p not in rendered.files)
 
 
 def make_plan(rendered: RenderedSet, live: dict[str, str | None], stale: Iterable[str]) -> Plan:
-    write, same = [], []
+    write: list[RenderedFile] = []
+    same: list[RenderedFile] = []
     for path, f in rendered.files.items():
         (same if live.get(path) == sha256(f.data) else write).append(f)
     return Plan(tuple(write), tuple(stale), tuple(f.path for f in same))
@@ -262,7 +272,7 @@ def clean_leftovers(dirs: Iterable[str]) -> list[str]:
     """Remove staged and check copies a crash left behind."""
     removed = []
     for d in dirs:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             for name in os.listdir(d):
                 if name.startswith(".") and name.endswith((STAGE_SUFFIX, CHECK_SUFFIX)):
                     with contextlib.suppress(FileNotFoundError):
@@ -291,7 +301,9 @@ def stage(plan: Plan, rendered: RenderedSet) -> Staged:
     return staged
 
 
-def write_checks(staged: Staged, render_includers: Callable[[Callable[[str], str]], RenderedSet]) -> None:
+def write_checks(
+    staged: Staged, render_includers: Callable[[Callable[[str], str]], RenderedSet]
+) -> None:
     """Copies of the include-bearing files that point at the staged files, for dhcpd -t."""
     try:
         for f in render_includers(staged.locate).files.values():
@@ -310,7 +322,7 @@ def validate(staged: Staged, vcfg: ValidateConfig, services: set[str] | None = N
     result = Validation()
     if DHCPD in wanted:
         conf = staged.locate(rendered.dhcpd_conf)
-        rc, out = _run([vcfg.dhcpd, "-t", "-q", "-cf", conf], vcfg.timeout)
+        rc, out = _run([vcfg.dhcpd, "-t", "-cf", conf], vcfg.timeout)
         result.checked.append("dhcpd -t")
         if rc != 0:
             result.problems.extend(parse_dhcpd_errors(out))

@@ -202,7 +202,9 @@ class Renderer:
         def add(path: str, template: str, mode: int, service: str, **extra: Any) -> None:
             if only is not None and template.removesuffix(".j2") not in only:
                 return
-            files[path] = RenderedFile(path, self._one(template, ctx, **extra), mode, service, template)
+            files[path] = RenderedFile(
+                path, self._one(template, ctx, **extra), mode, service, template
+            )
 
         for name, mode in _DHCP_FILES:
             add(f"{self.dhcp_dir}/{name}", f"{name}.j2", mode, DHCPD)

@@ -1,0 +1,149 @@
+"""Validation of every value that reaches a generated file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from provhad import model
+from provhad.model import BadValue, ModelError, Reject
+from tests import rows
+
+
+def test_mac_normalisation() -> None:
+    assert model.mac("00-11-22-AA-bb-0c") == "00:11:22:aa:bb:0c"
+    assert model.mac("0011.22aa.bb0c") == "00:11:22:aa:bb:0c"
+    assert model.mac("0:11:22:aa:bb:c") == "00:11:22:aa:bb:0c"
+    for bad in ["", "00:11:22:33:44", "00:11:22:33:44:55:66", "zz:11:22:33:44:55", "a;b", None, 5]:
+        with pytest.raises(BadValue):
+            model.mac(bad)
+
+
+def test_reserved_macs_are_skipped_not_rejected() -> None:
+    m = model.build(rows.small(), "slave")
+    assert {(s.table, s.id) for s in m.skipped} == {("modem", 100003), ("modem", 100004)}
+    assert not m.rejects
+
+
+@pytest.mark.parametrize("value", ["10.0.0.256", "10.0.0", "010.0.0.1", "1.2.3.4;", "::1", ""])
+def test_bad_ipv4(value: str) -> None:
+    with pytest.raises(BadValue):
+        model.ipv4(value, "ip")
+
+
+def test_netmask_forms() -> None:
+    assert model.netmask("255.255.224.0") == 19
+    assert model.netmask("/24") == 24
+    for bad in ["255.0.255.0", "/33", "24", "x"]:
+        with pytest.raises(BadValue):
+            model.netmask(bad)
+
+
+def _with_pool(**kw: object) -> model.Model:
+    snap = rows.small()
+    pools = [dict(p) for p in snap.ippool]
+    pools[0].update(kw)
+    return model.build(dataclasses.replace(snap, ippool=pools), "slave")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ip_pool_end": "10.0.99.1"}, "outside subnet"),
+        ({"ip_pool_start": "10.0.31.251", "ip_pool_end": "10.0.0.20"}, "after end"),
+        ({"net": "10.0.0.5"}, "not the network address"),
+        ({"type": None}, "unknown pool type"),
+        ({"router_ip": "router"}, "router_ip"),
+        ({"dns2_ip": "8.8.8"}, "dns2_ip"),
+        ({"netmask": "255.0.255.0"}, "netmask"),
+    ],
+)
+def test_bad_pool_is_left_out_and_named(change: dict[str, object], reason: str) -> None:
+    m = _with_pool(**change)
+    assert [r.id for r in m.rejects] == [1]
+    assert m.rejects[0].table == "ippool" and reason in m.rejects[0].reason
+    assert 1 not in {p.id for p in m.pools} and len(m.pools) == 4
+
+
+def test_overlapping_range_is_rejected() -> None:
+    snap = rows.small()
+    extra = rows.pool(9, 2, "CM", "10.0.0.0", "/24", "10.0.0.100", "10.0.0.120", "10.0.0.1")
+    m = model.build(dataclasses.replace(snap, ippool=[*snap.ippool, extra]), "slave")
+    assert Reject("ippool", 9, "range overlaps ippool id 1") in m.rejects
+
+
+def test_cpepub_range_has_fixed_ips_cut_out() -> None:
+    snap = dataclasses.replace(
+        rows.small(), fixed_ips=["198.18.0.10", "198.18.0.15", "198.18.0.16", "1.1.1.1"]
+    )
+    pub = next(p for p in model.build(snap, "slave").pools if p.type == "CPEPub")
+    assert pub.ranges == (("198.18.0.11", "198.18.0.14"), ("198.18.0.17", "198.18.0.20"))
+
+
+def test_unsafe_optional_is_dropped_but_pool_kept() -> None:
+    for bad in ['}\ninclude "/etc/passwd";', 'include "/x";', 'option a "b;', "{ x;", "x; } y {"]:
+        m = _with_pool(optional=bad)
+        assert 1 in {p.id for p in m.pools}, bad
+        assert next(p for p in m.pools if p.id == 1).optional is None
+        assert m.rejects[0].id == 1 and "optional" in m.rejects[0].reason
+
+
+def test_safe_optional_is_kept() -> None:
+    text = (
+        'option domain-name "a;}{b"; # } comment {\nif exists agent.remote-id { log(info, "x"); }'
+    )
+    assert next(p for p in _with_pool(optional=text).pools if p.id == 1).optional == text
+
+
+def test_host_names_are_one_namespace() -> None:
+    snap = rows.small()
+    ep = dict(snap.endpoint[0], id=200009, hostname="cm-100000", mac="00:11:22:33:77:00")
+    m = model.build(dataclasses.replace(snap, endpoint=[*snap.endpoint, ep]), "slave")
+    assert any(
+        r.table == "endpoint" and r.id == 200009 and "modem id 100000" in r.reason
+        for r in m.rejects
+    )
+
+
+def test_bad_hostnames_rejected() -> None:
+    snap = rows.small()
+    bad = [rows.modem(100010, "00:11:22:33:44:10", hostname="cm 1; deny booting")]
+    m = model.build(dataclasses.replace(snap, modem=[*snap.modem, *bad]), "slave")
+    assert [(r.table, r.id) for r in m.rejects] == [("modem", 100010)]
+
+
+def test_roles_swap_own_and_peer() -> None:
+    slave = model.build(rows.small(), "slave").ha
+    master = model.build(rows.small(), "master").ha
+    assert (slave.own_ip, slave.peer_ip) == ("172.20.0.2", "172.20.0.1")
+    assert (master.own_ip, master.peer_ip) == ("172.20.0.1", "172.20.0.2")
+    assert slave.own_dns_password == rows.SLAVE_PW == master.peer_dns_password
+    assert master.split == 128
+
+
+def test_split_follows_load_ratio() -> None:
+    snap = dataclasses.replace(rows.small(), provha=[rows.provha(load_ratio_master=0.75)])
+    assert model.build(snap, "master").ha.split == 192
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"master": "master.not.set"}, {"slaves": ""}, {"slave_dns_password": 'x"; }'}],
+)
+def test_unusable_provha_is_fatal(change: dict[str, object]) -> None:
+    snap = dataclasses.replace(rows.small(), provha=[rows.provha(**change)])
+    with pytest.raises(ModelError, match="provha id 1"):
+        model.build(snap, "slave")
+
+
+def test_missing_provbase_is_fatal() -> None:
+    with pytest.raises(ModelError, match="provbase"):
+        model.build(dataclasses.replace(rows.small(), provbase=[]), "slave")
+
+
+def test_bad_mta_domain_only_drops_the_zone() -> None:
+    snap = dataclasses.replace(rows.small(), provvoip=[{"id": 1, "mta_domain": "bad domain;"}])
+    m = model.build(snap, "slave")
+    assert m.mta_domain is None and m.rejects[0].table == "provvoip"
+    assert len(m.modems) == 3
