@@ -6,14 +6,24 @@ traced back to their pool or row, left out and reported, and the set is tried ag
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from provhad import db, model, publish
 from provhad.config import Config
-from provhad.model import Model, Reject
-from provhad.render import DHCPD, INCLUDERS, HostFacts, Renderer, blame
+from provhad.model import Model, Pool, Reject
+from provhad.render import (
+    DHCPD,
+    INCLUDERS,
+    HostFacts,
+    RenderedSet,
+    Renderer,
+    blame,
+    optional_suspects,
+)
 from provhad.snapshot import Snapshot
 
 #: How often a set is re-rendered after dhcpd rejected a row (each retry drops >= 1 culprit).
@@ -51,6 +61,42 @@ def gather_facts(cfg: Config) -> HostFacts:
         omapi=publish.find_omapi_key(cfg),
         network_access=publish.network_access_hosts(cfg),
     )
+
+
+def optional_is_guilty(
+    cfg: Config, renderer: Renderer, m: Model, facts: HostFacts, pool: Pool
+) -> bool:
+    """Whether dhcpd rejects ``pool`` on its own: a set with just that pool and no hosts,
+    rendered with the same templates into a scratch root."""
+    gw = next(g for g in m.netgws if g.id == pool.netgw_id)
+    alone = dataclasses.replace(
+        m,
+        netgws=(dataclasses.replace(gw, pools=(pool,)),),
+        modems=(),
+        public_modems=(),
+        blocked_modems=(),
+        mtas=(),
+        endpoints=(),
+    )
+    with tempfile.TemporaryDirectory(prefix="provhad-probe-") as tmp:
+        probe = Renderer(cfg.with_root(tmp), renderer.template_dirs)
+        return not publish.probe_dhcpd(probe.render(alone, facts), cfg.validate)
+
+
+def culprit(
+    cfg: Config,
+    renderer: Renderer,
+    m: Model,
+    rendered: RenderedSet,
+    facts: HostFacts,
+    path: str,
+    line: int,
+) -> Reject | None:
+    """The pool, pool optional or row to leave out for a dhcpd complaint at ``path:line``."""
+    for pool in optional_suspects(m, rendered, path, line):
+        if optional_is_guilty(cfg, renderer, m, facts, pool):
+            return Reject("ippool", pool.id, "optional")
+    return blame(m, rendered, path, line)
 
 
 def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
@@ -93,7 +139,7 @@ def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
         for problem in check.problems:
             if problem.service != DHCPD or problem.path is None or problem.line is None:
                 continue
-            who = blame(m, rendered, problem.path, problem.line)
+            who = culprit(cfg, renderer, m, rendered, facts, problem.path, problem.line)
             if who is None or who.id is None:
                 continue
             reason = f"rejected by dhcpd: {problem.message}"

@@ -84,13 +84,15 @@ async def connect(cfg: DatabaseConfig, node: Node) -> aiomysql.Connection:
 async def node_health(conn: aiomysql.Connection) -> str | None:
     """Why this node must not be read from, or None when it is fit (or not a Galera node)."""
     async with conn.cursor() as cur:
+        await cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+        wsrep_on = await cur.fetchone()
+        if wsrep_on is None or str(wsrep_on[1]).upper() != "ON":
+            return None  # a plain MariaDB (or MySQL) server
         await cur.execute(
             "SHOW GLOBAL STATUS WHERE Variable_name IN"
             " ('wsrep_ready', 'wsrep_cluster_status', 'wsrep_local_state_comment')"
         )
         status = {str(k): str(v) for k, v in await cur.fetchall()}
-    if not status:
-        return None  # a plain MariaDB
     if status.get("wsrep_ready", "ON") != "ON":
         return "wsrep_ready is OFF"
     if status.get("wsrep_cluster_status", "Primary") != "Primary":

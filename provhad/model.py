@@ -9,6 +9,8 @@ raise :class:`ModelError` instead, because no partial set can be right without t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
 import re
@@ -245,16 +247,25 @@ def integer(value: Any, column: str, minimum: int = 0) -> int:
 
 def secret(value: Any, column: str) -> str:
     """An hmac-md5 secret (base64); it ends up in key files and a shell script."""
-    if not isinstance(value, str) or not _SECRET_RE.match(value.strip()):
-        raise BadValue(f"{column} is not a base64 secret")
-    return value.strip()
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if not _SECRET_RE.match(text) or not base64.b64decode(text, validate=True):
+            raise ValueError(text)
+    except (ValueError, binascii.Error):
+        raise BadValue(f"{column} is not a base64 secret") from None
+    return text
+
+
+# Outside strings and comments dhcpd statements use only these characters.
+_OPTIONAL_CHARS = re.compile(r"[A-Za-z0-9_\-.:,;{}()=!~&|+*/%\s]")
 
 
 def check_optional(text: str) -> str:
     """Raw dhcpd statements of a pool, checked so they stay inside their subnet block.
 
     They are directives by design, so only their shape is checked: balanced braces,
-    terminated strings and no ``include`` (which could pull in any file).
+    terminated one-line strings, dhcpd's character set outside strings and no ``include``
+    (which could pull in any file).
     """
     depth = 0
     i = 0
@@ -269,12 +280,14 @@ def check_optional(text: str) -> str:
         if c == '"':
             i += 1
             while i < n and text[i] != '"':
-                if text[i] == "\n":
+                if text[i] in "\r\n":
                     raise BadValue("optional has a string that spans lines")
                 i += 2 if text[i] == "\\" else 1
             if i >= n:
                 raise BadValue("optional has an unterminated string")
             expect_statement = False
+        elif not _OPTIONAL_CHARS.match(c) or c in "\x0b\x0c\x1c\x1d\x1e\x85\xa0":
+            raise BadValue(f"optional has a character dhcpd does not use here: {c!r}")
         elif c == "{":
             depth += 1
             expect_statement = True

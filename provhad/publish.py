@@ -180,7 +180,9 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = f"{self.path} line {self.line}: " if self.path else ""
+        where = f"{self.path}: " if self.path else ""
+        if self.path and self.line is not None:
+            where = f"{self.path} line {self.line}: "
         return f"{self.service}: {where}{self.message}"
 
 
@@ -199,7 +201,8 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str]:
         proc = subprocess.run(
             argv,
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",  # dhcpd echoes the offending bytes of a file back
             timeout=timeout,
             start_new_session=True,  # so a timeout kills nothing of ours
             check=False,
@@ -349,6 +352,16 @@ def _clean(output: str, staged: Staged) -> str:
     for live, tmp in staged.paths.items():
         text = text.replace(tmp, live)
     return text or "rejected without a message"
+
+
+def probe_dhcpd(rendered: RenderedSet, vcfg: ValidateConfig) -> bool:
+    """Whether dhcpd accepts a small self-contained set (written as is, e.g. into a temp root)."""
+    for f in rendered.files.values():
+        if f.service == DHCPD:
+            os.makedirs(os.path.dirname(f.path), exist_ok=True)
+            Path(f.path).write_bytes(f.data)
+    rc, _out = _run([vcfg.dhcpd, "-t", "-cf", rendered.dhcpd_conf], vcfg.timeout)
+    return rc == 0
 
 
 def discard(staged: Staged) -> None:

@@ -69,7 +69,7 @@ def pool(
     return row
 
 
-def modem(id: int, mac: str, **kw: Any) -> Row:
+def modem(id: int, mac: str | None, **kw: Any) -> Row:
     row: Row = {"id": id, "hostname": f"cm-{id}", "mac": mac, "public": 0, "internet_access": 1}
     row.update(kw)
     return row

@@ -173,7 +173,8 @@ def test_omapi_key_is_kept(tmp_path: Path) -> None:
     dhcp = tmp_path / "etc/dhcp-nmsprime"
     dhcp.mkdir(parents=True)
     (dhcp / "Kmy_omapi_key.+157+12345.private").write_text(
-        "Private-key-format: v1.3\nAlgorithm: 157 (HMAC_MD5)\nKey: c2VjcmV0b21hcGlrZXkxMjM0NTY3OA==\n"
+        "Private-key-format: v1.3\nAlgorithm: 157 (HMAC_MD5)\n"
+        "Key: c2VjcmV0b21hcGlrZXkxMjM0NTY3OA==\n"
     )
     assert publish.find_omapi_key(cfg) == OmapiKey(
         "my_omapi_key", "c2VjcmV0b21hcGlrZXkxMjM0NTY3OA=="

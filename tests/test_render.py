@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ FACTS = HostFacts(
 )
 
 
-def render(role: str, **render_cfg: object) -> dict[str, str]:
+def render(role: str, **render_cfg: Any) -> dict[str, str]:
     cfg = config.Config(own_state=role).with_root(ROOT)
     if render_cfg:
         import dataclasses
@@ -133,7 +134,7 @@ def test_dns_passwords_per_role() -> None:
 
 def test_ignore_cpe_lists_modems_with_network_access() -> None:
     plain = render("slave")["etc/dhcp-nmsprime/ignore-cpe.conf"]
-    assert plain == "# Ignoring no devices – multiple_provisioning_systems not set in ProvBase\n"
+    assert plain == "# Ignoring no devices – multiple_provisioning_systems not set in ProvBase\n"  # noqa: RUF001
 
 
 def test_mta_include_follows_provvoip() -> None:
