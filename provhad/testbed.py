@@ -1,0 +1,472 @@
+"""Throwaway MariaDB and Mosquitto servers for the tests, the demo and the benchmarks.
+
+This is the only module of provhad that starts servers. Everything is synchronous;
+callers that live in an event loop wrap it in ``asyncio.to_thread``.
+
+Each server runs from its own directory on a free 127.0.0.1 port, in its own process
+group (so a Ctrl-C in the terminal reaches the test runner, which then stops the server
+cleanly, instead of killing the server mid-test), and never touches the system-wide
+instance or its configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import pymysql
+from pymysql.constants import CLIENT
+
+__all__ = ["MariaDB", "Mosquitto", "ScratchDatabase", "TestbedError", "free_port"]
+
+#: Generous: a cold start on a loaded CI machine can take many seconds.
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+_POLL_INTERVAL = 0.05
+#: sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+class TestbedError(RuntimeError):
+    """A throwaway server could not be started or prepared."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now.
+
+    Another process may take it before the caller binds it; the servers below
+    retry on a new port when that happens.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _executable(name: str) -> str:
+    """Find a server binary; the sbin directories are often missing from a user's PATH."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise TestbedError(f"{name} not found; run scripts/bootstrap to install it")
+    return found
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+def _wait_for(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float
+) -> None:
+    """Poll ``ready`` until it holds; fail early if the process exits, late on the deadline."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise TestbedError(f"{what} exited with status {proc.returncode}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise TestbedError(f"{what} not ready after {timeout:.0f}s:\n{_tail(log)}")
+        time.sleep(_POLL_INTERVAL)
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM (both servers shut down cleanly on it), SIGKILL the group after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _port_in_use(log: Path) -> bool:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "Address already in use" in text or "Do you already have another" in text
+
+
+@dataclass
+class ScratchDatabase:
+    """One database loaded with a schema, with a SELECT-only user (see ``MariaDB.scratch``)."""
+
+    host: str
+    port: int
+    socket: Path
+    name: str
+    ro_user: str
+    ro_password: str
+    #: root, autocommit, bound to ``name``: for inserting test rows.
+    admin: pymysql.Connection
+
+    def ro_connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``aiomysql.connect``/``create_pool`` as the read-only user."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.ro_user,
+            "password": self.ro_password,
+            "db": self.name,
+        }
+
+
+@dataclass
+class MariaDB:
+    """A throwaway mariadbd in its own datadir, on a free 127.0.0.1 TCP port and a unix socket.
+
+    ``root`` has no password and may log in over the socket or from 127.0.0.1. ``stop()``
+    keeps the datadir, so ``start()`` again restarts the same server on the same port
+    (e.g. to test how a client copes with the database going away).
+    """
+
+    host: ClassVar[str] = "127.0.0.1"
+    base: Path
+    port: int = 0  # 0: pick a free one
+    binlog: bool = False
+    server_id: int = 1
+    extra_args: tuple[str, ...] = ()
+    socket: Path = field(init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _port_fixed: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.base = self.base.resolve()
+        self.socket = self.base / "mysqld.sock"
+        if len(os.fsencode(self.socket)) > _MAX_SOCKET_PATH:
+            raise TestbedError(f"socket path too long for a unix socket: {self.socket}")
+        self._port_fixed = self.port != 0
+        if not self._port_fixed:
+            self.port = free_port()
+
+    @property
+    def datadir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def error_log(self) -> Path:
+        return self.base / "error.log"
+
+    def _server_args(self) -> list[str]:
+        """Options shared by the bootstrap and the server (the InnoDB log size must match)."""
+        args = [
+            "--no-defaults",  # never read /etc/mysql: it points at the system datadir
+            f"--datadir={self.datadir}",
+            "--innodb-buffer-pool-size=256M",
+            "--innodb-log-file-size=16M",  # default 96M: slow to create, pointless here
+            "--innodb-flush-log-at-trx-commit=2",
+            "--innodb-doublewrite=0",
+            "--innodb-autoextend-increment=8",  # MB; default 64: tmp dirs pile up on disk
+            # io_uring/libaio are often unavailable in containers (seccomp, aio-max-nr).
+            "--innodb-use-native-aio=0",
+            "--skip-name-resolve",
+            "--character-set-server=utf8mb4",
+        ]
+        if os.geteuid() == 0:
+            # mariadbd refuses to run as root unless told to; the datadir is root's temp dir.
+            args.append("--user=root")
+        return args
+
+    def start(self) -> None:
+        """Initialise the datadir if needed, start mariadbd and wait until it accepts queries."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not (self.datadir / "mysql").is_dir():
+            self._install_db()
+        for _attempt in range(5):
+            try:
+                self._launch()
+                break
+            except TestbedError:
+                # The free port was taken between free_port() and the bind: take another.
+                if self._port_fixed or not _port_in_use(self.error_log):
+                    raise
+                self.port = free_port()
+        self._port_fixed = True  # a restart must come back where clients expect it
+
+    def _install_db(self) -> None:
+        log = self.base / "install.log"
+        with log.open("wb") as out:
+            rc = subprocess.call(
+                [
+                    _executable("mariadb-install-db"),
+                    *self._server_args(),
+                    "--auth-root-authentication-method=normal",  # root: no password, any OS user
+                    "--skip-test-db",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                timeout=START_TIMEOUT,
+            )
+        if rc != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)  # so a retry starts afresh
+            raise TestbedError(f"mariadb-install-db failed ({rc}):\n{_tail(log)}")
+
+    def _launch(self) -> None:
+        args = [
+            _executable("mariadbd"),
+            *self._server_args(),
+            "--skip-networking=0",
+            f"--bind-address={self.host}",
+            f"--port={self.port}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.base / 'mariadbd.pid'}",
+            f"--log-error={self.error_log}",
+        ]
+        if self.binlog:
+            args += [
+                f"--log-bin={self.base / 'binlog'}",
+                f"--server-id={self.server_id}",
+                "--binlog-format=ROW",
+            ]
+        else:
+            args.append("--skip-log-bin")
+        args += self.extra_args
+        self._proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_for(self._accepts, self._proc, "mariadbd", self.error_log, START_TIMEOUT)
+        except BaseException:
+            _terminate(self._proc, STOP_TIMEOUT)
+            self._proc = None
+            raise
+
+    def _accepts(self) -> bool:
+        try:
+            self.admin(connect_timeout=1).close()
+        except pymysql.err.OperationalError:
+            return False
+        return True
+
+    def stop(self, graceful: bool = True) -> None:
+        """Shut down (``graceful=False``: SIGKILL, like a crash); the datadir stays."""
+        if self._proc is None:
+            return
+        if graceful:
+            _terminate(self._proc, STOP_TIMEOUT)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def admin(self, database: str | None = None, **kwargs: Any) -> pymysql.Connection:
+        """A new ``pymysql.Connection`` as root over the unix socket, in autocommit mode."""
+        return pymysql.connect(
+            unix_socket=str(self.socket),
+            user="root",
+            password="",
+            database=database,
+            autocommit=True,
+            charset="utf8mb4",
+            **kwargs,
+        )
+
+    def create_database(self, name: str, schema_sql: Path) -> None:
+        """Create database ``name`` and run every statement of ``schema_sql`` in it."""
+        _check_identifier(name)
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        # The server splits the script itself, so comments and quoting are handled exactly
+        # as the mariadb client would; each statement's error surfaces in nextset().
+        with self.admin(name, client_flag=CLIENT.MULTI_STATEMENTS) as conn, conn.cursor() as cur:
+            cur.execute(schema_sql.read_text())
+            while cur.nextset():
+                pass
+
+    def create_readonly_user(self, db: str, user: str, password: str) -> None:
+        """Create ``user`` (local socket and 127.0.0.1) allowed nothing but SELECT on ``db``."""
+        _check_identifier(db)
+        with self.admin() as conn, conn.cursor() as cur:
+            for host in ("127.0.0.1", "localhost"):
+                cur.execute("CREATE OR REPLACE USER %s@%s IDENTIFIED BY %s", (user, host, password))
+                cur.execute(f"GRANT SELECT ON `{db}`.* TO %s@%s", (user, host))
+
+    def drop_database(self, name: str, users: tuple[str, ...] = ()) -> None:
+        """Drop database ``name`` and the given users (both hosts); missing ones are ignored."""
+        _check_identifier(name)
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            for user in users:
+                for host in ("127.0.0.1", "localhost"):
+                    cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
+
+    @contextlib.contextmanager
+    def scratch(self, schema_sql: Path, prefix: str = "nms") -> Iterator[ScratchDatabase]:
+        """A fresh, uniquely named database with ``schema_sql`` and a SELECT-only user.
+
+        Dropped, with its user, on exit.
+        """
+        token = secrets.token_hex(6)
+        name, user, password = f"{prefix}_{token}", f"ro_{token}", secrets.token_hex(12)
+        try:
+            self.create_database(name, schema_sql)
+            self.create_readonly_user(name, user, password)
+            with self.admin(name) as admin:
+                yield ScratchDatabase(
+                    host=self.host,
+                    port=self.port,
+                    socket=self.socket,
+                    name=name,
+                    ro_user=user,
+                    ro_password=password,
+                    admin=admin,
+                )
+        finally:
+            if self.running:  # a test may have stopped the server on purpose
+                self.drop_database(name, users=(user,))
+
+
+def _check_identifier(name: str) -> None:
+    # Database names are interpolated into SQL (they cannot be bound as parameters).
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a plain identifier: {name!r}")
+
+
+# MQTT 3.1.1: CONNECT (clean session, keep-alive 60 s, empty client id), its CONNACK
+# "accepted", and DISCONNECT.
+_MQTT_CONNECT = bytes([0x10, 12, 0, 4, *b"MQTT", 4, 0x02, 0, 60, 0, 0])
+_MQTT_CONNACK_OK = bytes([0x20, 2, 0, 0])
+_MQTT_DISCONNECT = bytes([0xE0, 0])
+
+
+@dataclass
+class Mosquitto:
+    """A throwaway mosquitto on a free 127.0.0.1 port, anonymous access, no persistence.
+
+    ``stop()`` then ``start()`` restarts it on the same port.
+    """
+
+    host: ClassVar[str] = "127.0.0.1"
+    base: Path
+    port: int = 0  # 0: pick a free one
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _port_fixed: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.base = self.base.resolve()
+        self._port_fixed = self.port != 0
+        if not self._port_fixed:
+            self.port = free_port()
+
+    @property
+    def log(self) -> Path:
+        return self.base / "mosquitto.log"
+
+    def start(self) -> None:
+        """Start mosquitto and wait until it accepts an MQTT connection."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):
+            try:
+                self._launch()
+                break
+            except TestbedError:
+                if self._port_fixed or not _port_in_use(self.log):
+                    raise
+                self.port = free_port()
+        self._port_fixed = True
+
+    def _launch(self) -> None:
+        conf = self.base / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence false",
+            "log_dest stderr",
+            "log_type all",
+        ]
+        if os.geteuid() == 0:
+            # Otherwise it drops to the 'mosquitto' user, which need not exist on a dev box.
+            lines.append("user root")
+        conf.write_text("\n".join(lines) + "\n")
+        with self.log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [_executable("mosquitto"), "-c", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _wait_for(self._accepts, self._proc, "mosquitto", self.log, START_TIMEOUT)
+        except BaseException:
+            _terminate(self._proc, STOP_TIMEOUT)
+            self._proc = None
+            raise
+
+    def _accepts(self) -> bool:
+        # An MQTT handshake, not just a TCP connect: whoever holds a port that mosquitto
+        # failed to bind would accept the connection too.
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as conn:
+                conn.sendall(_MQTT_CONNECT)
+                ok = conn.recv(4) == _MQTT_CONNACK_OK
+                conn.sendall(_MQTT_DISCONNECT)
+        except OSError:
+            return False
+        return ok
+
+    def stop(self) -> None:
+        """Shut down (SIGTERM, SIGKILL after a bounded wait)."""
+        if self._proc is not None:
+            _terminate(self._proc, STOP_TIMEOUT)
+            self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
