@@ -92,6 +92,53 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """When to rebuild: polling, debounce and restart pacing (seconds)."""
+
+    poll_interval: float = 2.0
+    quiet_period: float = 1.0
+    max_delay: float = 15.0
+    min_restart_interval: float = 30.0
+    periodic_command: tuple[str, ...] = ()
+    periodic_command_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class DhcpdConfig:
+    """How dhcpd is restarted and checked after a publish."""
+
+    restart_command: tuple[str, ...] = ("systemctl", "restart", "dhcpd.service")
+    restart_timeout: float = 60.0
+    check_command: tuple[str, ...] = ("systemctl", "is-active", "--quiet", "dhcpd.service")
+    check_timeout: float = 30.0
+    check_attempts: int = 5
+    check_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """How named and chronyd pick up their changed files."""
+
+    named_reload_command: tuple[str, ...] = ("systemctl", "reload-or-restart", "named.service")
+    chrony_reload_command: tuple[str, ...] = ("systemctl", "try-restart", "chrony.service")
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The optional MQTT broker: status out, rebuild requests in. Empty host: off."""
+
+    host: str = ""
+    port: int = 1883
+    username: str = ""
+    password: str = field(default="", repr=False)
+    topic_prefix: str = "nmsprime/provha"
+    trigger_topic: str = "nmsprime/provha/rebuild"
+    keepalive: int = 30
+    client_id: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -100,6 +147,10 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    dhcpd: DhcpdConfig = field(default_factory=DhcpdConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     source: str = "<defaults>"
 
     def with_root(self, root: str | os.PathLike[str]) -> Config:
@@ -118,6 +169,10 @@ _SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "render": RenderConfig,
     "validate": ValidateConfig,
+    "watch": WatchConfig,
+    "dhcpd": DhcpdConfig,
+    "services": ServicesConfig,
+    "mqtt": MqttConfig,
 }
 
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?$")
@@ -164,6 +219,10 @@ def _convert(section: str, key: str, value: Any, default: Any) -> Any:
         return special(value)
     if section == "paths":
         return _check_abs_path(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError('must be a list of strings (a command and its arguments)')
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
