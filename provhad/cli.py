@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 
@@ -33,15 +34,103 @@ def _parser() -> argparse.ArgumentParser:
             "configuration."
         ),
     )
-    render.add_argument(
-        "--config", metavar="FILE", help="provhad TOML file (default: NMS Prime's env files only)"
+    run = sub.add_parser(
+        "run",
+        help="the daemon: rebuild on every relevant database change, MQTT request and SIGHUP",
+        description=(
+            "Run as a systemd Type=notify service: poll the database for changes (commit "
+            "position, then fingerprints of the watched tables), rebuild periodically every "
+            "provha.slave_config_rebuild_interval seconds, on MQTT requests, on SIGHUP (which "
+            "also re-reads the config file) and at UTC-offset changes; publish like 'render' "
+            "and restart dhcpd only when its files changed, rolling back if it does not come "
+            "up. SIGTERM stops after the cycle in progress."
+        ),
     )
-    render.add_argument(
-        "--root",
-        metavar="DIR",
-        help="write (and read) everything as if DIR were / (overrides [paths] root)",
+    run.add_argument(
+        "--log",
+        choices=["auto", "journal", "console", "plain"],
+        default="auto",
+        help="where logs go: auto = the journal under systemd, console on a terminal, else plain",
     )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    status = sub.add_parser(
+        "status",
+        help="print the daemon's state file",
+        description="Print the last state the "
+        "daemon saved (after each cycle) for a person, or as JSON.",
+    )
+    status.add_argument("--json", action="store_true", help="print the state file as JSON")
+    trigger = sub.add_parser(
+        "trigger",
+        help="ask the daemons listening on the MQTT trigger topic to rebuild now",
+        description="Publish a rebuild request on [mqtt] trigger_topic (for the master's side).",
+    )
+    trigger.add_argument("--reason", default="", help="free text carried in the request")
+    for p in (render, run, status, trigger):
+        p.add_argument(
+            "--config", metavar="FILE", help="provhad TOML file (default: NMS Prime's env files)"
+        )
+        p.add_argument(
+            "--root",
+            metavar="DIR",
+            help="read and write everything as if DIR were / (overrides [paths] root)",
+        )
     return parser
+
+
+def _status(cfg: config.Config, as_json: bool) -> int:
+    path = cfg.paths.under_root(cfg.paths.state_dir) / "state.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"provhad: no state file at {path}: the daemon has not run", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as exc:
+        print(f"provhad: cannot read {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps(data, indent=1, sort_keys=True))
+        return EXIT_OK
+    rows = [
+        ("status", data.get("status")),
+        ("pid", data.get("pid")),
+        ("live generation", data.get("generation")),
+        (
+            "last cycle",
+            f"{data.get('last_cycle_at')} ({data.get('last_trigger')}, "
+            f"{'ok' if data.get('last_cycle_ok') else 'FAILED'}, "
+            f"{data.get('last_duration_ms')} ms)",
+        ),
+        ("last success", data.get("last_success_at")),
+        ("last error", data.get("last_error") or "-"),
+        (
+            "database",
+            "ok " + str(data.get("db_node"))
+            if data.get("db_ok")
+            else f"DOWN: {data.get('db_error')}",
+        ),
+        ("mqtt", data.get("mqtt")),
+        (
+            "dhcpd",
+            f"applied gen {data.get('dhcpd_applied')}, restarted gen "
+            f"{data.get('dhcpd_restarted')}"
+            + (", restart PENDING" if data.get("restart_pending") else "")
+            + (
+                ""
+                if data.get("dhcpd_last_restart_ok", True)
+                else f", last restart FAILED: {data.get('dhcpd_error')}"
+            ),
+        ),
+        ("held back", data.get("held_reason") or "-"),
+        ("counts", ", ".join(f"{k} {v}" for k, v in sorted(data.get("counts", {}).items()))),
+        ("rejected rows", len(data.get("rejected", []))),
+        ("missing configfiles", data.get("missing_configfiles")),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<20} {value}")
+    for line in data.get("rejected", [])[:50]:
+        print(f"  {line}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +144,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = asyncio.run(cycle.render_once(cfg))
         print(cycle.summary(result))
         return EXIT_OK if result.ok else EXIT_FAILED
+    if args.command == "run":
+        from provhad import daemon
+
+        return daemon.run(args.config, args.root, log_target=args.log, log_level=args.log_level)
+    if args.command == "status":
+        return _status(cfg, args.json)
+    if args.command == "trigger":
+        from provhad import mqtt
+
+        if not cfg.mqtt.host:
+            print("provhad: [mqtt] host is not set", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            asyncio.run(mqtt.trigger(cfg.mqtt, args.reason))
+        except mqtt.MqttTriggerError as exc:
+            print(f"provhad: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"rebuild requested on {cfg.mqtt.trigger_topic}")
+        return EXIT_OK
     return EXIT_FAILED  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -101,6 +101,7 @@ class WatchConfig:
     min_restart_interval: float = 30.0
     periodic_command: tuple[str, ...] = ()
     periodic_command_timeout: float = 600.0
+    stall_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,9 @@ def _check_timezone(value: Any) -> str:
     return value
 
 
+#: pacing values where 0 means "no wait"
+_ZERO_OK = frozenset({"quiet_period", "min_restart_interval", "check_interval"})
+
 _SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("database", "hosts"): _check_hosts,
     ("render", "timezone"): _check_timezone,
@@ -221,7 +225,7 @@ def _convert(section: str, key: str, value: Any, default: Any) -> Any:
         return _check_abs_path(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError('must be a list of strings (a command and its arguments)')
+            raise ValueError("must be a list of strings (a command and its arguments)")
         return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -234,8 +238,10 @@ def _convert(section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number")
+        if key in _ZERO_OK and value == 0:
+            return 0.0
         if value <= 0:
-            raise ValueError("must be greater than 0")
+            raise ValueError("must be greater than 0" + (" (or 0)" if key in _ZERO_OK else ""))
         return float(value)
     if not isinstance(value, str):
         raise ValueError("must be a string")

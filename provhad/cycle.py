@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,10 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     generation: int | None = None
     error: str = ""
+    #: identifies the rendered set (all paths and contents)
+    set_hash: str = ""
+    #: the set equals one already rejected: nothing was validated or written
+    held: bool = False
 
     @property
     def changed(self) -> bool:
@@ -99,8 +105,26 @@ def culprit(
     return blame(m, rendered, path, line)
 
 
-def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
-    """Make the set rendered from ``snap`` live, unless the real daemons reject it."""
+def set_hash(rendered: RenderedSet) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(rendered.files):
+        digest.update(f"{path}\0{publish.sha256(rendered.files[path].data)}\0".encode())
+    return digest.hexdigest()
+
+
+def apply(
+    cfg: Config,
+    snap: Snapshot,
+    facts: HostFacts,
+    progress: Callable[[], None] | None = None,
+    held: str = "",
+) -> Result:
+    """Make the set rendered from ``snap`` live, unless the real daemons reject it.
+
+    ``progress`` is called after each step (the daemon's watchdog is fed by it); a set whose
+    hash equals ``held`` (one rejected before) is not validated or written again.
+    """
+    tick = progress or (lambda: None)
     result = Result(node=snap.node)
     renderer = Renderer(cfg)
     dropped_optional: dict[int, str] = {}
@@ -120,7 +144,15 @@ def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
             result.error = str(exc)
             return result
         result.model = m
+        tick()
         rendered = renderer.render(m, facts)
+        tick()
+        if _attempt == 0:
+            result.set_hash = set_hash(rendered)
+            if held and result.set_hash == held:
+                result.held = True
+                result.error = "the same set as the one held back"
+                return result
         publish.clean_leftovers(publish.target_dirs(rendered))
         plan = publish.make_plan(
             rendered, publish.live_hashes(rendered), publish.stale_files(rendered)
@@ -131,7 +163,9 @@ def apply(cfg: Config, snap: Snapshot, facts: HostFacts) -> Result:
             staged,
             lambda where, m=m: renderer.render(m, facts, locate=where, only=INCLUDERS),  # type: ignore[misc]
         )
+        tick()
         check = publish.validate(staged, cfg.validate)
+        tick()
         result.validated = check.checked
         if check.ok:
             break

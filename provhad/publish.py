@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -389,10 +390,60 @@ class Manifest:
             return None
 
 
+PREVIOUS = "previous"
+
+
+def _keep_previous(staged: Staged, state_dir: Path) -> None:
+    """Save what the swap is about to replace or remove, for a rollback.
+
+    Hard links cost nothing; a copy when the state directory is on another file system. An
+    index names every path and whether it existed (a rollback deletes the ones that did not).
+    """
+    keep = state_dir / PREVIOUS
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    index: dict[str, str | None] = {}
+    for n, live in enumerate([*staged.paths, *staged.plan.remove]):
+        saved = keep / f"{n}"
+        try:
+            os.link(live, saved)
+        except FileNotFoundError:
+            index[live] = None
+            continue
+        except OSError:
+            shutil.copy2(live, saved)
+        index[live] = saved.name
+    previous = Manifest.load(state_dir)
+    body = {"files": index, "manifest": previous.__dict__ if previous else None}
+    _write(str(keep / "index.json"), json.dumps(body, indent=1).encode(), 0o600)
+    _fsync_dir(str(keep))
+
+
+def _write_manifest(state_dir: Path, files: dict[str, str]) -> Manifest:
+    previous = Manifest.load(state_dir)
+    manifest = Manifest(
+        generation=(previous.generation + 1) if previous else 1,
+        files=dict(sorted(files.items())),
+        written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = str(state_dir / f".{MANIFEST}{STAGE_SUFFIX}")
+        body = json.dumps(manifest.__dict__, indent=1, sort_keys=True).encode()
+        _write(tmp, body, 0o644)
+        os.replace(tmp, state_dir / MANIFEST)
+        _fsync_dir(str(state_dir))
+    except OSError as exc:
+        raise PublishError(f"manifest write failed: {exc.strerror or exc}") from exc
+    return manifest
+
+
 def swap(staged: Staged, state_dir: Path) -> Manifest:
-    """Rename the staged files into place, remove stale ones, fsync, then write the manifest."""
+    """Keep the previous files, rename the staged ones into place, remove stale ones, fsync,
+    then write the manifest (last: it tells which generation is complete and live)."""
     rendered = staged.rendered
     try:
+        _keep_previous(staged, state_dir)
         for live, tmp in staged.paths.items():
             os.replace(tmp, live)
         for path in staged.plan.remove:
@@ -406,19 +457,36 @@ def swap(staged: Staged, state_dir: Path) -> Manifest:
         for check in staged.checks:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(check)
-    previous = Manifest.load(state_dir)
-    manifest = Manifest(
-        generation=(previous.generation + 1) if previous else 1,
-        files={p: sha256(f.data) for p, f in sorted(rendered.files.items())},
-        written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    )
+    return _write_manifest(state_dir, {p: sha256(f.data) for p, f in rendered.files.items()})
+
+
+def rollback(state_dir: Path) -> Manifest | None:
+    """Put back what the last swap replaced or removed (and delete what it created).
+
+    Returns the new manifest, or None when there is nothing to roll back to.
+    """
+    keep = state_dir / PREVIOUS
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = str(state_dir / f".{MANIFEST}{STAGE_SUFFIX}")
-        body = json.dumps(manifest.__dict__, indent=1, sort_keys=True).encode()
-        _write(tmp, body, 0o644)
-        os.replace(tmp, state_dir / MANIFEST)
-        _fsync_dir(str(state_dir))
+        body = json.loads((keep / "index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    index: dict[str, str | None] = body["files"]
+    try:
+        for live, saved in index.items():
+            if saved is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(live)
+                continue
+            tmp = sibling(live, STAGE_SUFFIX)
+            shutil.copy2(keep / saved, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, live)
+        for d in sorted({os.path.dirname(p) for p in index}):
+            _fsync_dir(d)
     except OSError as exc:
-        raise PublishError(f"manifest write failed: {exc.strerror or exc}") from exc
-    return manifest
+        raise PublishError(f"rollback failed: {exc.strerror or exc} ({exc.filename})") from exc
+    shutil.rmtree(keep, ignore_errors=True)
+    old = body.get("manifest")
+    files = dict(old["files"]) if old else {}
+    return _write_manifest(state_dir, files)

@@ -1,0 +1,90 @@
+"""The services edge: restarting dhcpd, reloading named and chronyd, each bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from provhad.config import Config
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a command ended."""
+
+    ok: bool
+    returncode: int | None
+    output: str
+    timed_out: bool = False
+
+    def describe(self) -> str:
+        if self.timed_out:
+            return "timed out (killed with its process group)"
+        text = " ".join(self.output.split())[-300:]
+        return f"exit {self.returncode}" + (f": {text}" if text else "")
+
+
+async def run(argv: Sequence[str], timeout: float) -> Outcome:
+    """Run a command in its own process group; on timeout kill the whole group.
+
+    A restart command that hangs (a stuck ``systemctl`` waiting on a job) must not hang the
+    daemon, and whatever it spawned must go with it.
+    """
+    if not argv:
+        return Outcome(True, 0, "")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return Outcome(False, None, f"{argv[0]}: {exc.strerror or exc}")
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return Outcome(False, None, "", timed_out=True)
+    text = out.decode("utf-8", "replace")
+    return Outcome(proc.returncode == 0, proc.returncode, text)
+
+
+async def restart_dhcpd(cfg: Config) -> Outcome:
+    """Restart dhcpd, then check that it is (still) active a few times: dhcpd may exit a moment
+    after systemd reported the start when it dislikes its configuration or cannot bind."""
+    d = cfg.dhcpd
+    outcome = await run(d.restart_command, d.restart_timeout)
+    if not outcome.ok:
+        return outcome
+    check = Outcome(True, 0, "")
+    for attempt in range(max(1, d.check_attempts)):
+        if attempt:
+            await asyncio.sleep(d.check_interval)  # the thing checked is outside our process
+        check = await run(d.check_command, d.check_timeout)
+        if not check.ok:
+            return Outcome(
+                False,
+                check.returncode,
+                "dhcpd is not active after the restart: " + check.describe(),
+                check.timed_out,
+            )
+    return check
+
+
+async def reload(cfg: Config, service: str) -> Outcome:
+    """Let named or chronyd pick up their changed file."""
+    command = {
+        "named": cfg.services.named_reload_command,
+        "chrony": cfg.services.chrony_reload_command,
+    }.get(service, ())
+    return await run(command, cfg.services.timeout)

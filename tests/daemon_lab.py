@@ -1,0 +1,196 @@
+"""A real `provhad run` process for tests: its notify socket, restart log and files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provhad.testbed import ScratchDatabase
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def read(self, timeout: float) -> dict[str, str] | None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        self.messages.append(fields)
+        return fields
+
+    def wait(
+        self,
+        pred: Callable[[dict[str, str]], bool],
+        timeout: float = 60,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> dict[str, str]:
+        """The next message for which ``pred`` holds (bounded; fails early if the sender died)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.read(min(left, 1.0))
+            if msg is not None and pred(msg):
+                return msg
+            if msg is None and not alive():
+                raise AssertionError(f"the daemon exited; messages: {self.messages[-8:]}")
+        raise AssertionError(f"no such notify message within {timeout} s; got {self.messages[-8:]}")
+
+    def wait_status(
+        self, text: str, timeout: float = 60, alive: Callable[[], bool] = lambda: True
+    ) -> str:
+        return self.wait(lambda m: text in m.get("STATUS", ""), timeout, alive)["STATUS"]
+
+    def drain(self) -> None:
+        """Read what is queued (the sender has exited, so nothing more will come)."""
+        self.sock.setblocking(False)
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            lines = data.decode().splitlines()
+            self.messages.append(dict(line.split("=", 1) for line in lines if "=" in line))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class DaemonLab:
+    tmp: Path
+    db: ScratchDatabase
+    root: Path = field(init=False)
+    conf: Path = field(init=False)
+    restarts: Path = field(init=False)
+    notify: NotifySocket = field(init=False)
+    proc: subprocess.Popen[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.root = self.tmp / "root"
+        self.conf = self.tmp / "provhad.toml"
+        self.restarts = self.tmp / "restarts.log"
+        self.notify = NotifySocket(self.tmp / "notify.sock")
+        restart = self.tmp / "restart.sh"
+        restart.write_text(
+            "#!/bin/sh\n"
+            f"echo restart >> {self.restarts}\n"
+            f"exec dhcpd -t -cf {self.root}/etc/dhcp-nmsprime/dhcpd.conf > /dev/null 2>&1\n"
+        )
+        check = self.tmp / "check.sh"
+        check.write_text(
+            "#!/bin/sh\n"
+            f"if [ -e {self.tmp}/fail-next-check ]; then\n"
+            f"  rm {self.tmp}/fail-next-check; exit 3\n"
+            "fi\n"
+        )
+        for script in (restart, check):
+            script.chmod(0o755)
+
+    def configure(self, extra: str = "", min_restart_interval: float = 0) -> None:
+        d = self.db
+        self.conf.write_text(f"""
+[database]
+hosts = ["{d.host}:{d.port}"]
+user = "{d.ro_user}"
+password = "{d.ro_password}"
+name = "{d.name}"
+connect_timeout = 2
+
+[provha]
+own_state = "slave"
+
+[paths]
+root = "{self.root}"
+
+[render]
+fqdn = "nmsslave.nmsprime.test"
+
+[watch]
+poll_interval = 0.2
+quiet_period = 0.3
+max_delay = 3
+min_restart_interval = {min_restart_interval}
+
+[dhcpd]
+restart_command = ["{self.tmp}/restart.sh"]
+check_command = ["{self.tmp}/check.sh"]
+check_attempts = 1
+{extra}
+""")
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        full = dict(os.environ)
+        full.pop("JOURNAL_STREAM", None)
+        full.update({"NOTIFY_SOCKET": str(self.notify.path), **(env or {})})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "provhad.cli",
+                "run",
+                "--config",
+                str(self.conf),
+                "--log",
+                "plain",
+            ],
+            cwd=REPO,
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, pred: Callable[[dict[str, str]], bool], timeout: float = 60) -> dict[str, str]:
+        try:
+            return self.notify.wait(pred, timeout, self.alive)
+        except AssertionError as exc:
+            if not self.alive():
+                raise AssertionError(f"{exc}\n--- daemon output ---\n{self.output()}") from None
+            raise
+
+    def wait_status(self, text: str, timeout: float = 60) -> str:
+        return self.wait(lambda m: text in m.get("STATUS", ""), timeout)["STATUS"]
+
+    def restart_count(self) -> int:
+        return len(self.restarts.read_text().splitlines()) if self.restarts.exists() else 0
+
+    def sql(self, statement: str) -> None:
+        with self.db.admin.cursor() as cur:
+            cur.execute(statement)
+
+    def file(self, name: str) -> str:
+        return (self.root / "etc/dhcp-nmsprime" / name).read_text()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self.notify.drain()
+            self.notify.close()
+
+    def output(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.read()

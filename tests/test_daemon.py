@@ -1,0 +1,166 @@
+"""`provhad run`: the real process against real MariaDB, dhcpd -t, a notify socket."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provhad import publish
+from provhad.testbed import ScratchDatabase
+from tests.daemon_lab import DaemonLab
+from tests.test_cli_render import seed_small
+
+
+@pytest.fixture
+def lab(tmp_path: Path, nmsdb: ScratchDatabase) -> Iterator[DaemonLab]:
+    seed_small(nmsdb)
+    lab = DaemonLab(tmp_path, nmsdb)
+    yield lab
+    if lab.proc is not None and lab.proc.poll() is None:
+        lab.proc.kill()
+        lab.proc.wait()
+
+
+def state(lab: DaemonLab) -> dict[str, object]:
+    return json.loads((lab.root / "var/lib/provhad/state.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_startup_changes_and_shutdown(lab: DaemonLab) -> None:
+    lab.configure()
+    lab.start()
+    ready = lab.wait(lambda m: m.get("READY") == "1")
+    assert "live gen 1" in ready["STATUS"] and "db 127.0.0.1" in ready["STATUS"]
+    assert any("EXTEND_TIMEOUT_USEC" in m for m in lab.notify.messages)
+    assert lab.restart_count() == 1  # the first set went live: dhcpd restarted once
+    assert state(lab)["restart_pending"] is False
+
+    # an insert
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100070, 'cm-100070', '00:11:22:33:44:70')"
+    )
+    lab.wait_status("live gen 2")
+    assert "cm-100070" in lab.file("modems-host.conf")
+    assert lab.restart_count() == 2
+
+    # a write to a column generation does not read, then a hard delete: one generation only
+    lab.sql("UPDATE modem SET us_pwr = 40, updated_at = NOW() WHERE id = 100000")
+    lab.sql("DELETE FROM modem WHERE id = 100070")
+    lab.wait_status("live gen 3")
+    assert "cm-100070" not in lab.file("modems-host.conf")
+
+    # two updates within the same second of updated_at, the first one already published
+    lab.sql("UPDATE modem SET public = 1, updated_at = '2021-01-01 00:00:00' WHERE id = 100001")
+    lab.wait_status("live gen 4")
+    lab.sql("UPDATE modem SET public = 0, updated_at = '2021-01-01 00:00:00' WHERE id = 100001")
+    lab.wait_status("live gen 5")
+    assert "00:11:22:33:44:01" not in lab.file("modems-clients-public.conf")
+
+    # a soft delete of a CMTS removes its file
+    lab.sql("UPDATE netgw SET deleted_at = NOW() WHERE id = 2")
+    lab.wait_status("live gen 6")
+    assert not (lab.root / "etc/dhcp-nmsprime/cmts_gws/2.conf").exists()
+
+    assert lab.stop() == 0
+    assert lab.notify.messages[-1].get("STOPPING") == "1"
+    out = lab.output()
+    assert "published" in out and "restarted" in out
+
+
+def test_burst_is_debounced(lab: DaemonLab) -> None:
+    lab.configure(extra="")
+    lab.conf.write_text(lab.conf.read_text().replace("quiet_period = 0.3", "quiet_period = 1.5"))
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    for i in range(30):
+        lab.sql(
+            f"INSERT INTO modem (id, hostname, mac) VALUES ({100100 + i}, 'cm-{100100 + i}',"
+            f" '00:11:22:33:45:{i:02x}')"
+        )
+    status = lab.wait_status("live gen 2")
+    hosts = lab.file("modems-host.conf")
+    assert all(f"cm-{100100 + i} " in hosts for i in range(30)), status
+    assert lab.restart_count() == 2
+    assert lab.stop() == 0
+
+
+def test_restart_rate_limit_keeps_pending_restart(lab: DaemonLab) -> None:
+    lab.configure(min_restart_interval=3600)
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100071, 'cm-100071', '00:11:22:33:44:71')"
+    )
+    status = lab.wait_status("live gen 2")
+    assert "dhcpd restart pending" in status
+    assert lab.restart_count() == 1
+    s = state(lab)
+    assert s["restart_pending"] is True and s["dhcpd_applied"] == 2 and s["dhcpd_restarted"] == 1
+    assert lab.stop() == 0
+
+
+def test_rollback_when_dhcpd_does_not_come_up(lab: DaemonLab) -> None:
+    lab.configure()
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    before = lab.file("modems-host.conf")
+    (lab.tmp / "fail-next-check").touch()
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100072, 'cm-100072', '00:11:22:33:44:72')"
+    )
+    status = lab.wait_status("HELD")
+    assert "rolled back" in status
+    assert lab.file("modems-host.conf") == before  # the previous generation is live again
+    s = state(lab)
+    assert s["rollbacks"] == 1 and s["restart_pending"] is False
+    assert lab.restart_count() == 3  # first set, the failed one, the rolled back one
+    manifest = publish.Manifest.load(lab.root / "var/lib/provhad")
+    assert manifest is not None
+    for path, digest in manifest.files.items():
+        assert publish.sha256(Path(path).read_bytes()) == digest
+    # the same data is not tried again on every poll; a new change is
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100073, 'cm-100073', '00:11:22:33:44:73')"
+    )
+    lab.wait(lambda m: "HELD" not in m.get("STATUS", "HELD"))
+    assert "cm-100073" in lab.file("modems-host.conf")
+    assert lab.stop() == 0
+
+
+def test_sighup_reloads(lab: DaemonLab) -> None:
+    lab.configure()
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    assert lab.proc is not None
+    lab.conf.write_text(
+        lab.conf.read_text().replace(
+            'fqdn = "nmsslave.nmsprime.test"', 'fqdn = "other.nmsprime.test"'
+        )
+    )
+    lab.proc.send_signal(signal.SIGHUP)
+    reloading = lab.wait(lambda m: m.get("RELOADING") == "1")
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    lab.wait(lambda m: m.get("READY") == "1")
+    assert "\\005other" in lab.file("global.conf")
+    assert lab.stop() == 0
+
+
+def test_database_down_at_start_keeps_live_set(lab: DaemonLab) -> None:
+    lab.configure()
+    lab.conf.write_text(
+        lab.conf.read_text().replace(
+            f'hosts = ["{lab.db.host}:{lab.db.port}"]', 'hosts = ["127.0.0.1:1"]'
+        )
+    )
+    live = lab.root / "etc/dhcp-nmsprime"
+    live.mkdir(parents=True)
+    (live / "modems-host.conf").write_text("# the set that was live before\n")
+    lab.start()
+    ready = lab.wait(lambda m: m.get("READY") == "1")
+    assert "db DOWN" in ready["STATUS"]
+    assert (live / "modems-host.conf").read_text() == "# the set that was live before\n"
+    assert lab.proc is not None and lab.proc.poll() is None
+    assert lab.stop() == 0
