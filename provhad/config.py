@@ -44,8 +44,10 @@ class DatabaseConfig:
         """``hosts`` as (host, port) pairs; the port defaults to 3306."""
         out = []
         for entry in self.hosts:
-            host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "3306")
-            out.append((host.strip("[]"), int(port)))
+            m = _HOST_RE.fullmatch(entry)
+            assert m is not None  # checked when loaded
+            port = int(m.group(2)[1:]) if m.group(2) else 3306
+            out.append((m.group(1).strip("[]"), port))
         return out
 
 
@@ -176,7 +178,17 @@ _SECTIONS: dict[str, type] = {
     "mqtt": MqttConfig,
 }
 
-_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?$")
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _check_fqdn(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    labels = value.rstrip(".").split(".")
+    if value and not all(_LABEL.fullmatch(lab) for lab in labels):
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '-', dots)")
+    return value.rstrip(".")
 
 
 def _check_hosts(value: Any) -> tuple[str, ...]:
@@ -186,7 +198,7 @@ def _check_hosts(value: Any) -> tuple[str, ...]:
         raise ValueError('must be a non-empty list of "host[:port]" strings')
     out = []
     for item in value:
-        if not isinstance(item, str) or not _HOST_RE.match(item.strip()):
+        if not isinstance(item, str) or not _HOST_RE.fullmatch(item.strip()):
             raise ValueError(f'{item!r} is not "host" or "host:port"')
         out.append(item.strip())
     return tuple(out)
@@ -214,7 +226,18 @@ _ZERO_OK = frozenset({"quiet_period", "min_restart_interval", "check_interval"})
 _SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("database", "hosts"): _check_hosts,
     ("render", "timezone"): _check_timezone,
+    ("render", "fqdn"): _check_fqdn,
 }
+
+#: integer keys with a range (inclusive)
+_RANGES: dict[str, tuple[int, int]] = {
+    "default_network_prefix": (8, 30),
+    "port": (1, 65535),
+    "keepalive": (5, 3600),
+    "check_attempts": (1, 100),
+}
+#: commands that must not be empty (an empty one would silently do nothing)
+_REQUIRED_COMMANDS = frozenset({"restart_command", "check_command"})
 
 
 def _convert(section: str, key: str, value: Any, default: Any) -> Any:
@@ -226,6 +249,8 @@ def _convert(section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("must be a list of strings (a command and its arguments)")
+        if key in _REQUIRED_COMMANDS and not value:
+            raise ValueError("must name a command (an empty one would never run)")
         return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -234,6 +259,9 @@ def _convert(section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("must be an integer")
+        low, high = _RANGES.get(key, (0, 2**31))
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):

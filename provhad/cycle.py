@@ -131,6 +131,13 @@ def apply(
     dropped_rows: dict[tuple[str, int], str] = {}
     if facts.omapi is None:
         result.warnings.append("no OMAPI key found: failover.conf has no omapi-key/omapi-port")
+    if facts.network_access == frozenset() and any(
+        r.get("multiple_provisioning_systems") for r in snap.provbase
+    ):
+        result.warnings.append(
+            "multiple_provisioning_systems is set but no cm/*.conf under the TFTP root grants "
+            "NetworkAccess 1: ignore-cpe.conf ignores every CPE and MTA"
+        )
     for _attempt in range(MAX_ATTEMPTS):
         try:
             m = model.build(
@@ -243,8 +250,9 @@ def summary(result: Result, root: Path | None = None) -> str:
         for path in result.removed:
             lines.append(f"  removed  {path}")
     rejects = list(result.model.rejects) if result.model else []
-    lines.append(f"rejected rows: {len(rejects)}")
-    lines.extend(f"  {r.table} id {r.id}: {r.reason}" for r in sorted(rejects))
+    if result.model is not None:
+        lines.append(f"rejected rows: {len(rejects)}")
+    lines.extend(f"  {r.table} id {r.id}: {r.reason}" for r in sorted(rejects, key=str))
     if result.model is not None and result.model.skipped:
         lines.append(f"skipped (empty or reserved MAC, as upstream): {len(result.model.skipped)}")
     if result.missing_configfiles:

@@ -97,21 +97,22 @@ def now_iso() -> str:
 def next_offset_change(
     timezone: str, after: dt.datetime, horizon_days: int = 400
 ) -> dt.datetime | None:
-    """The next instant the UTC offset of ``timezone`` changes (DST), to the second."""
+    """The next instant (a whole second) at which the UTC offset of ``timezone`` changes."""
     tz = zoneinfo.ZoneInfo(timezone)
+    base = int(after.timestamp())
 
-    def offset(t: dt.datetime) -> dt.timedelta | None:
-        return t.astimezone(tz).utcoffset()
+    def offset(ts: int) -> dt.timedelta | None:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone(tz).utcoffset()
 
-    start = offset(after)
-    lo = after
+    start = offset(base)
+    lo = base
     for day in range(1, horizon_days + 1):
-        hi = after + dt.timedelta(days=day)
+        hi = base + day * 86400
         if offset(hi) != start:
-            while (hi - lo) > dt.timedelta(seconds=1):
-                mid = lo + (hi - lo) / 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if offset(mid) == start else (lo, mid)
-            return hi
+            return dt.datetime.fromtimestamp(hi, dt.UTC)
         lo = hi
     return None
 
@@ -301,7 +302,8 @@ class Daemon:
         duration = (time.monotonic() - started) * 1000
         self.record(result, trigger, duration)
         if result.ok and result.model is not None:
-            self.periodic_due = time.monotonic() + max(60, result.model.ha.rebuild_interval)
+            # read live from provha each cycle: a change applies without restarting provhad
+            self.periodic_due = time.monotonic() + max(1, result.model.ha.rebuild_interval)
         if "periodic" in kinds and self.cfg.watch.periodic_command:
             outcome = await services.run(
                 self.cfg.watch.periodic_command, self.cfg.watch.periodic_command_timeout

@@ -121,8 +121,8 @@ async def read_snapshot_from(conn: aiomysql.Connection, node: str = "") -> Snaps
                 try:
                     tables[table] = await _rows(cur, sql)
                 except pymysql.err.ProgrammingError as exc:
-                    # ProvVoip is an optional NMS Prime module
-                    if table == "provvoip" and exc.args and exc.args[0] == _NO_SUCH_TABLE:
+                    # ProvVoip (provvoip, mta) is an optional NMS Prime module
+                    if table in ("provvoip", "mta") and exc.args and exc.args[0] == _NO_SUCH_TABLE:
                         tables[table] = []
                     else:
                         raise

@@ -179,7 +179,7 @@ def blank(value: Any) -> bool:
 
 def ipv4(value: Any, column: str) -> str:
     """A dotted-quad IPv4 address, normalised."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value.strip(" ").isascii():
         raise BadValue(f"{column} {value!r} is not an IPv4 address")
     try:
         return str(ipaddress.IPv4Address(value.strip(" ")))
@@ -197,7 +197,7 @@ def mac(value: Any, column: str = "mac") -> str:
         raw = "".join(p.zfill(2) for p in parts)
     elif len(parts) == 3 and all(len(p) == 4 for p in parts):
         raw = "".join(parts)
-    if not _MAC_HEX_RE.match(raw):
+    if not _MAC_HEX_RE.fullmatch(raw):
         raise BadValue(f"{column} {value!r} is not a MAC address")
     return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
 
@@ -209,7 +209,7 @@ def reserved_mac(value: Any) -> bool:
 
 def label(value: Any, column: str) -> str:
     """A single DNS label (host names in dhcpd host declarations)."""
-    if not isinstance(value, str) or not _LABEL_RE.match(value):
+    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
         raise BadValue(f"{column} {value!r} is not a valid DNS label")
     return value
 
@@ -219,7 +219,7 @@ def domain(value: Any, column: str) -> str:
     if not isinstance(value, str):
         raise BadValue(f"{column} {value!r} is not a domain name")
     name = value.strip(" ").rstrip(".")
-    if not name or len(name) > 253 or not all(_LABEL_RE.match(p) for p in name.split(".")):
+    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(p) for p in name.split(".")):
         raise BadValue(f"{column} {value!r} is not a domain name")
     return name
 
@@ -229,8 +229,9 @@ def netmask(value: Any, column: str = "netmask") -> int:
     if not isinstance(value, str) or blank(value):
         raise BadValue(f"{column} {value!r} is not a netmask")
     text = value.strip(" ")
-    if text.startswith("/") and text[1:].isdigit() and 0 <= int(text[1:]) <= 32:
-        return int(text[1:])
+    digits = text[1:]
+    if text.startswith("/") and digits.isascii() and digits.isdigit() and int(digits) <= 32:
+        return int(digits)
     try:
         if text.count(".") != 3:
             raise ValueError(text)
@@ -249,7 +250,7 @@ def secret(value: Any, column: str) -> str:
     """An hmac-md5 secret (base64); it ends up in key files and a shell script."""
     text = value.strip() if isinstance(value, str) else ""
     try:
-        if not _SECRET_RE.match(text) or not base64.b64decode(text, validate=True):
+        if not _SECRET_RE.fullmatch(text) or not base64.b64decode(text, validate=True):
             raise ValueError(text)
     except (ValueError, binascii.Error):
         raise BadValue(f"{column} is not a base64 secret") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -194,3 +195,49 @@ check_attempts = 1
     def output(self) -> str:
         assert self.proc is not None and self.proc.stdout is not None
         return self.proc.stdout.read()
+
+
+class Gate:
+    """Parks the daemon inside its dhcpd validation until released, without polling.
+
+    A wrapper around dhcpd writes to ``inside`` and then blocks reading ``release`` while the
+    file ``hold`` exists. The test keeps ``release`` open read-write, so its "go" stays buffered
+    whenever the wrapper gets to read it.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.hold = tmp / "hold"
+        self.inside = tmp / "inside.fifo"
+        self.release = tmp / "release.fifo"
+        os.mkfifo(self.inside)
+        os.mkfifo(self.release)
+        self.release_fd = os.open(self.release, os.O_RDWR)
+        self.inside_fd = os.open(self.inside, os.O_RDWR | os.O_NONBLOCK)
+        self.wrapper = tmp / "dhcpd-gated.sh"
+        self.wrapper.write_text(
+            "#!/bin/sh\n"
+            f"if [ -e {self.hold} ]; then\n"
+            f"  echo in > {self.inside}\n"
+            f"  read line < {self.release}\n"
+            "fi\n"
+            'exec dhcpd "$@"\n'
+        )
+        self.wrapper.chmod(0o755)
+
+    def close_next(self) -> None:
+        self.hold.touch()
+
+    def wait_inside(self, timeout: float = 60) -> float:
+        """Block until the daemon is parked; returns the monotonic time it arrived."""
+        ready, _, _ = select.select([self.inside_fd], [], [], timeout)
+        assert ready, "the daemon did not reach its validation"
+        os.read(self.inside_fd, 100)
+        return time.monotonic()
+
+    def open(self) -> None:
+        self.hold.unlink()
+        os.write(self.release_fd, b"go\n")
+
+    def close(self) -> None:
+        os.close(self.release_fd)
+        os.close(self.inside_fd)

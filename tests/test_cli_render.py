@@ -223,6 +223,11 @@ def test_database_unreachable(tmp_path: Path) -> None:
         ('[render]\ntimezone = "Mars/Base"\n', "render.timezone: unknown time zone"),
         ("[validate]\ntimeout = -1\n", "validate.timeout: must be greater than 0"),
         ("[extra]\n", "extra: unknown section"),
+        ("[render]\ndefault_network_prefix = 40\n", "must be between 8 and 30"),
+        ("[mqtt]\nport = 0\n", "mqtt.port: must be between 1 and 65535"),
+        ("[dhcpd]\nrestart_command = []\n", "dhcpd.restart_command: must name a command"),
+        ('[render]\nfqdn = "a\\"b"\n', "render.fqdn: "),
+        ('[database]\nhosts = ["db;1"]\n', 'is not "host" or "host:port"'),
         ("[database\n", "invalid TOML"),
     ],
 )
@@ -246,3 +251,15 @@ def test_help_lists_render() -> None:
     proc = provhad("render", "--help")
     assert proc.returncode == 0 and "--root DIR" in proc.stdout and "--config FILE" in proc.stdout
     assert os.environ.get("NOTIFY_SOCKET") is None or True
+
+
+def test_bracketed_ipv6_hosts() -> None:
+    from provhad.config import DatabaseConfig
+
+    cfg = DatabaseConfig(hosts=("[2001:db8::1]", "[2001:db8::2]:3307", "db1", "db2:3308"))
+    assert cfg.endpoints() == [
+        ("2001:db8::1", 3306),
+        ("2001:db8::2", 3307),
+        ("db1", 3306),
+        ("db2", 3308),
+    ]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from provhad import publish
+from provhad.daemon import next_offset_change
 from provhad.testbed import ScratchDatabase
-from tests.daemon_lab import DaemonLab
+from tests.daemon_lab import REPO, DaemonLab, Gate
 from tests.test_cli_render import seed_small
 
 
@@ -164,3 +169,115 @@ def test_database_down_at_start_keeps_live_set(lab: DaemonLab) -> None:
     assert (live / "modems-host.conf").read_text() == "# the set that was live before\n"
     assert lab.proc is not None and lab.proc.poll() is None
     assert lab.stop() == 0
+
+
+def test_sigterm_mid_cycle_finishes_the_publish(lab: DaemonLab) -> None:
+    gate = Gate(lab.tmp)
+    lab.configure()
+    lab.conf.write_text(lab.conf.read_text() + f'\n[validate]\ndhcpd = "{gate.wrapper}"\n')
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    gate.close_next()
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100074, 'cm-100074', '00:11:22:33:44:74')"
+    )
+    gate.wait_inside()
+    assert lab.proc is not None
+    lab.proc.send_signal(signal.SIGTERM)  # in the middle of the cycle
+    gate.open()
+    assert lab.stop() == 0
+    gate.close()
+    assert any(m.get("STOPPING") == "1" for m in lab.notify.messages)
+    manifest = publish.Manifest.load(lab.root / "var/lib/provhad")
+    assert manifest is not None and manifest.generation == 2  # the publish was completed
+    for path, digest in manifest.files.items():
+        assert publish.sha256(Path(path).read_bytes()) == digest
+    assert "cm-100074" in lab.file("modems-host.conf")
+    assert not list(lab.root.rglob(".*provhad-*"))
+
+
+def test_hung_loop_starves_the_watchdog(lab: DaemonLab) -> None:
+    gate = Gate(lab.tmp)
+    lab.configure()
+    text = lab.conf.read_text().replace("[dhcpd]", "stall_timeout = 1.0\n\n[dhcpd]", 1)
+    lab.conf.write_text(text + f'\n[validate]\ndhcpd = "{gate.wrapper}"\n')
+    lab.start(env={"WATCHDOG_USEC": "200000"})  # ping every 0.1 s while healthy
+    lab.wait(lambda m: m.get("READY") == "1")
+    lab.wait(lambda m: m.get("WATCHDOG") == "1", timeout=10)
+    gate.close_next()
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100075, 'cm-100075', '00:11:22:33:44:75')"
+    )
+    parked = gate.wait_inside()
+    # read everything for stall_timeout + 1.5 s: the pings must stop within stall_timeout
+    pings: list[float] = []
+    end = parked + 2.5
+    while (left := end - time.monotonic()) > 0:
+        msg = lab.notify.read(left)
+        if msg is not None and msg.get("WATCHDOG") == "1":
+            pings.append(time.monotonic())
+    assert pings == [] or pings[-1] < parked + 1.0 + 0.35, (parked, pings)
+    gate.open()
+    lab.wait_status("live gen 2")
+    lab.wait(lambda m: m.get("WATCHDOG") == "1", timeout=10)  # fed again once the loop runs
+    assert lab.stop() == 0
+    gate.close()
+
+
+def test_periodic_rebuild_reads_its_interval_live(lab: DaemonLab) -> None:
+    marker = lab.tmp / "periodic-ran"
+    lab.configure()
+    text = lab.conf.read_text().replace(
+        "[dhcpd]", f'periodic_command = ["touch", "{marker}"]\n\n[dhcpd]', 1
+    )
+    lab.conf.write_text(text)
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    before = {p: p.stat().st_mtime_ns for p in (lab.root / "etc").rglob("*") if p.is_file()}
+    restarts = lab.restart_count()
+    lab.sql("UPDATE provha SET slave_config_rebuild_interval = 1")
+    lab.wait(
+        lambda m: "live gen" in m.get("STATUS", "") and state(lab)["last_trigger"] == "periodic"
+    )
+    assert marker.exists()
+    # nothing changed: the periodic reconciliation wrote nothing and restarted nothing
+    after = {p: p.stat().st_mtime_ns for p in (lab.root / "etc").rglob("*") if p.is_file()}
+    assert after == before and lab.restart_count() == restarts
+    assert state(lab)["generation"] == 1
+    assert lab.stop() == 0
+
+
+def test_status_command(lab: DaemonLab) -> None:
+    lab.configure()
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    assert lab.stop() == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "provhad.cli", "status", "--config", str(lab.conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert out.returncode == 0
+    assert "live generation:     1" in out.stdout and "database:            ok" in out.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "provhad.cli", "status", "--json", "--config", str(lab.conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    data = json.loads(as_json.stdout)
+    assert data["generation"] == 1 and data["restart_pending"] is False
+    assert data["status"] == "stopped"
+
+
+def test_next_offset_change() -> None:
+    after = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    assert next_offset_change("Europe/Berlin", after) == dt.datetime(2026, 3, 29, 1, tzinfo=dt.UTC)
+    autumn = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+    assert next_offset_change("Europe/Berlin", autumn) == dt.datetime(
+        2026, 10, 25, 1, tzinfo=dt.UTC
+    )
+    assert next_offset_change("UTC", after) is None

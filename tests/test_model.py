@@ -147,3 +147,24 @@ def test_bad_mta_domain_only_drops_the_zone() -> None:
     m = model.build(snap, "slave")
     assert m.mta_domain is None and m.rejects[0].table == "provvoip"
     assert len(m.modems) == 3
+
+
+@pytest.mark.parametrize("value", ["cm-1\n", "cm-1\r", "a.b", "-x", "x" * 64])
+def test_labels_are_whole_strings(value: str) -> None:
+    with pytest.raises(BadValue):
+        model.label(value, "hostname")
+    with pytest.raises(BadValue):
+        model.domain(value + "\n", "domain_name")
+
+
+@pytest.mark.parametrize("value", ["/\u00b2", "/\u0663", "/3\u0663", "\u0661\u0660.0.0.1"])
+def test_unicode_digits_are_bad_values_not_crashes(value: str) -> None:
+    with pytest.raises(BadValue):
+        model.netmask(value) if value.startswith("/") else model.ipv4(value, "ip")
+
+
+def test_mac_and_secret_reject_trailing_newline() -> None:
+    with pytest.raises(BadValue):
+        model.mac("00:11:22:33:44:55\n")
+    with pytest.raises(BadValue):
+        model.secret("YWJj\nZA==", "x")

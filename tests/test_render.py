@@ -191,3 +191,32 @@ def test_helpers() -> None:
         vivso_tftp(["172.20.0.2", "172.20.0.1"]) == "00:00:11:8b:0a:02:08:ac:14:00:02:ac:14:00:01"
     )
     assert provision_server("nmsslave.nmsprime.test") == "\\010nmsslave\\010nmsprime\\004test\\000"
+
+
+def test_ddns_script_names_cpes_like_dhcpd_prints_macs(tmp_path: Path) -> None:
+    """dhcpd's binary-to-ascii does not zero-pad octets; the mangle must not depend on it."""
+    import base64
+    import hashlib
+    import hmac
+    import subprocess
+
+    script = render("slave")["etc/named-ddns.sh"]
+    code = script.split("python3 -c '", 1)[1].split('\' "$mac"', 1)[0]
+    key = tmp_path / "cpe.key"
+    key.write_text("00112233445566778899aabbccddeeff\n")
+    want = (
+        base64.b32encode(
+            hmac.new(
+                bytes.fromhex(key.read_text().strip()),
+                bytes.fromhex("000c295a0102"),
+                hashlib.sha256,
+            ).digest()
+        )
+        .decode()[:6]
+        .lower()
+    )
+    for spelled in ("0:c:29:5a:1:2", "00:0c:29:5a:01:02"):
+        out = subprocess.run(
+            ["python3", "-c", code, spelled, str(key)], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == want
