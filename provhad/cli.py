@@ -60,13 +60,23 @@ def _parser() -> argparse.ArgumentParser:
         "daemon saved (after each cycle) for a person, or as JSON.",
     )
     status.add_argument("--json", action="store_true", help="print the state file as JSON")
+    confirm = sub.add_parser(
+        "confirm-shrink",
+        help="let the next set through that the shrink guard holds back (one shot)",
+        description=(
+            "The shrink guard holds back a set with more than [safety] max_shrink_percent "
+            "fewer hosts or pools than the live one (an empty or half-read database must not "
+            "empty dhcpd). After checking that the removal is intended, confirm it once; "
+            "the daemon then publishes on its next cycle (send SIGHUP to make it now)."
+        ),
+    )
     trigger = sub.add_parser(
         "trigger",
         help="ask the daemons listening on the MQTT trigger topic to rebuild now",
         description="Publish a rebuild request on [mqtt] trigger_topic (for the master's side).",
     )
     trigger.add_argument("--reason", default="", help="free text carried in the request")
-    for p in (render, run, status, trigger):
+    for p in (render, run, status, confirm, trigger):
         p.add_argument(
             "--config", metavar="FILE", help="provhad TOML file (default: NMS Prime's env files)"
         )
@@ -150,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return daemon.run(args.config, args.root, log_target=args.log, log_level=args.log_level)
     if args.command == "status":
         return _status(cfg, args.json)
+    if args.command == "confirm-shrink":
+        state_dir = cfg.paths.under_root(cfg.paths.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "confirm-shrink").write_text("confirmed by a person\n")
+        print("confirmed: the next set held back by the shrink guard will be published")
+        return EXIT_OK
     if args.command == "trigger":
         from provhad import mqtt
 

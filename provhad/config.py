@@ -128,6 +128,14 @@ class ServicesConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    """Guards against publishing a set built from an empty or half-read database."""
+
+    #: a set with this many percent fewer hosts or pools than the live one is held back
+    max_shrink_percent: float = 10.0
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     """The optional MQTT broker: status out, rebuild requests in. Empty host: off."""
 
@@ -139,6 +147,7 @@ class MqttConfig:
     trigger_topic: str = "nmsprime/provha/rebuild"
     keepalive: int = 30
     client_id: str = ""
+    reconnect_max: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,7 @@ class Config:
     dhcpd: DhcpdConfig = field(default_factory=DhcpdConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     source: str = "<defaults>"
 
     def with_root(self, root: str | os.PathLike[str]) -> Config:
@@ -176,6 +186,7 @@ _SECTIONS: dict[str, type] = {
     "dhcpd": DhcpdConfig,
     "services": ServicesConfig,
     "mqtt": MqttConfig,
+    "safety": SafetyConfig,
 }
 
 _HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?")
@@ -221,7 +232,9 @@ def _check_timezone(value: Any) -> str:
 
 
 #: pacing values where 0 means "no wait"
-_ZERO_OK = frozenset({"quiet_period", "min_restart_interval", "check_interval"})
+_ZERO_OK = frozenset(
+    {"quiet_period", "min_restart_interval", "check_interval", "max_shrink_percent"}
+)
 
 _SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("database", "hosts"): _check_hosts,

@@ -54,6 +54,8 @@ class Result:
     set_hash: str = ""
     #: the set equals one already rejected: nothing was validated or written
     held: bool = False
+    #: the shrink guard held the set back (waiting for `provhad confirm-shrink`)
+    shrink_held: bool = False
 
     @property
     def changed(self) -> bool:
@@ -105,6 +107,10 @@ def culprit(
     return blame(m, rendered, path, line)
 
 
+def set_counts(m: Model) -> dict[str, int]:
+    return {"hosts": len(m.modems) + len(m.mtas) + len(m.endpoints), "pools": len(m.pools)}
+
+
 def set_hash(rendered: RenderedSet) -> str:
     digest = hashlib.sha256()
     for path in sorted(rendered.files):
@@ -126,6 +132,7 @@ def apply(
     """
     tick = progress or (lambda: None)
     result = Result(node=snap.node)
+    state_dir = cfg.paths.under_root(cfg.paths.state_dir)
     renderer = Renderer(cfg)
     dropped_optional: dict[int, str] = {}
     dropped_rows: dict[tuple[str, int], str] = {}
@@ -164,6 +171,18 @@ def apply(
         plan = publish.make_plan(
             rendered, publish.live_hashes(rendered), publish.stale_files(rendered)
         )
+        if _attempt == 0 and not plan.empty:
+            shrink = publish.shrink_problem(
+                publish.live_counts(state_dir, rendered),
+                set_counts(m),
+                cfg.safety.max_shrink_percent,
+            )
+            if shrink and not publish.take_confirmation(state_dir):
+                result.error = f"{shrink}; held back until confirmed with `provhad confirm-shrink`"
+                result.shrink_held = True
+                return result
+            if shrink:
+                result.warnings.append(f"{shrink}; published as confirmed")
         result.missing_configfiles = publish.missing_configfiles(cfg, m)
         staged = publish.stage(plan, rendered)
         publish.write_checks(
@@ -202,13 +221,12 @@ def apply(
         result.error = f"dhcpd still rejects the set after {MAX_ATTEMPTS} attempts"
         return result
 
-    state_dir = cfg.paths.under_root(cfg.paths.state_dir)
     if plan.empty:
         publish.discard(staged)
         manifest = publish.Manifest.load(state_dir)
         result.generation = manifest.generation if manifest else None
     else:
-        result.generation = publish.swap(staged, state_dir).generation
+        result.generation = publish.swap(staged, state_dir, set_counts(m)).generation
     result.ok = True
     result.written = [f.path for f in plan.write]
     result.removed = list(plan.remove)

@@ -158,9 +158,13 @@ class Daemon:
             parts.append(f"HELD: {s.held_reason[:80]}")
         return ", ".join(parts)
 
+    def mqtt_state(self) -> str:
+        if self.mqtt is None:
+            return "off"
+        return "ok" if self.mqtt.connected else f"down ({self.mqtt.last_error[:40]})"
+
     def report(self) -> None:
-        if self.mqtt is not None:
-            self.state.mqtt = "ok" if self.mqtt.connected else f"down ({self.mqtt.last_error[:40]})"
+        self.state.mqtt = self.mqtt_state()
         self.state.status = self.status_line()
         # the state file first: whoever reacts to STATUS may read it
         with contextlib.suppress(OSError):
@@ -239,6 +243,8 @@ class Daemon:
         }
         while not self.stop.is_set():
             self.beat()  # the idle loop is alive: it woke up
+            if self.mqtt is not None and self.mqtt_state() != self.state.mqtt:
+                self.report()  # the broker came or went between cycles
             due = {k: v for k, v in timers.items() if v is not None}
             # wake up well within stall_timeout even when idle, so the watchdog sees a live loop
             timeout = self.cfg.watch.stall_timeout / 3
@@ -317,12 +323,14 @@ class Daemon:
 
     def record(self, result: cycle.Result, trigger: str, duration_ms: float) -> None:
         s = self.state
-        s.last_cycle_at, s.last_cycle_ok, s.last_duration_ms = now_iso(), result.ok, duration_ms
-        if result.model is not None:
-            s.counts = result.model.counts()
-            s.rejected = [str(r) for r in result.model.rejects]
-        s.missing_configfiles = len(result.missing_configfiles)
+        s.last_cycle_at, s.last_cycle_ok = now_iso(), result.ok
+        s.last_duration_ms = round(duration_ms, 1)
         if result.ok:
+            # counts describe the live set, so only a published (or unchanged) set sets them
+            if result.model is not None:
+                s.counts = result.model.counts()
+                s.rejected = [str(r) for r in result.model.rejects]
+            s.missing_configfiles = len(result.missing_configfiles)
             s.last_success_at, s.last_error = s.last_cycle_at, ""
             s.generation = result.generation
             s.held_set, s.held_reason = "", ""
@@ -340,6 +348,10 @@ class Daemon:
             )
         elif result.held:
             self.log.debug("held", trigger=trigger, reason=s.held_reason)
+        elif result.shrink_held:
+            # not remembered as a held set: a person's confirmation must let it through
+            s.last_error, s.held_reason = result.error, result.error
+            self.log.error("shrink_held", trigger=trigger, error=result.error)
         else:
             s.last_error = result.error
             if result.set_hash:
@@ -430,7 +442,12 @@ class Daemon:
         if self.cfg.mqtt.host:
             from provhad.mqtt import MqttLink
 
-            self.mqtt = MqttLink(self.cfg.mqtt, self.node, lambda p: self.want("mqtt", p[:200]))
+            self.mqtt = MqttLink(
+                self.cfg.mqtt,
+                self.node,
+                lambda p: self.want("mqtt", p[:200]),
+                backoff_max=self.cfg.mqtt.reconnect_max,
+            )
             self.tasks.append(asyncio.create_task(self.mqtt.run()))
         self.notifier.extend_timeout(max(120.0, 3 * self.cfg.validate.timeout))
         self.log.info("startup", config=self.cfg.source, pid=os.getpid())
@@ -438,6 +455,9 @@ class Daemon:
         with contextlib.suppress(db.DatabaseError):
             await self.watcher.changed()
         result = await self.run_cycle([Trigger("startup")])
+        if self.state.dhcpd_restarted is None and self.state.generation is not None:
+            # nothing tells what dhcpd runs with (first start, or a set from `provhad render`)
+            self.state.dhcpd_applied = self.state.generation
         await self.after_publish(result)
         self.tasks.append(asyncio.create_task(self.poll()))
         self.report()

@@ -2,16 +2,24 @@
 
 Starts a throwaway MariaDB under ``./demo/`` (the project's own folder), loads a sample NMS Prime
 network, gives provhad a SELECT-only user, and runs ``provhad render`` for the slave into
-``./demo/root``; then prints what was written. Running it again starts from scratch.
+``./demo/root``; then prints what was written. Then it starts the daemon (``provhad run``) on the
+same database, makes a few scripted changes as the master's GUI would, and shows each rebuild as
+it happens (the restart command only runs ``dhcpd -t``: nothing on this machine is restarted).
+Running it again starts from scratch.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,11 +44,89 @@ def _tftp_files(db: MariaDB, name: str, tftp: Path, leave_out: int) -> None:
         (tftp / "mta" / f"mta-{mta}.cfg").write_bytes(b"")
 
 
+class _Notify:
+    """Stands in for systemd's notify socket, so the demo knows when a cycle is done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+
+    def wait(self, key: str, contains: str = "", timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536).decode()
+            except TimeoutError:
+                break
+            fields = dict(ln.split("=", 1) for ln in data.splitlines() if "=" in ln)
+            if key in fields and contains in fields.get("STATUS", contains):
+                return fields.get("STATUS", "")
+        raise SystemExit(f"demo: the daemon did not report {key} {contains!r} in time")
+
+
+def _daemon(db: MariaDB, config: Path, root: Path, work: Path) -> int:
+    """provhad run with scripted database changes; each rebuild shows in its log."""
+    conf = root / "etc/dhcp-nmsprime/dhcpd.conf"
+    with config.open("a") as fh:
+        fh.write(
+            "\n[watch]\npoll_interval = 0.5\nquiet_period = 0.5\nmin_restart_interval = 5\n"
+            "\n[dhcpd]\n# the demo restarts nothing: it only checks what dhcpd would load\n"
+            f'restart_command = ["sh", "-c", "dhcpd -t -cf {conf} >/dev/null 2>&1"]\n'
+            'check_command = ["true"]\ncheck_attempts = 1\n'
+        )
+    notify = _Notify(work / "notify.sock")
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path))
+    env.pop("JOURNAL_STREAM", None)
+    print(f"\n== provhad run --config {config}   (its log follows)")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provhad.cli", "run", "--config", str(config), "--log", "console"],
+        env=env,
+    )
+    try:
+        print(f"   READY: {notify.wait('READY')}")
+        with db.admin("nmsprime") as conn, conn.cursor() as cur:
+            steps = [
+                (
+                    "a new modem",
+                    "INSERT INTO modem (hostname, mac, contract_id)"
+                    " VALUES ('cm-demo', '00:de:00:00:00:01', 1)",
+                ),
+                (
+                    "a pool deactivated",
+                    "UPDATE ippool SET active = 0 WHERE id ="
+                    " (SELECT id FROM (SELECT MIN(id) AS id FROM ippool WHERE type = 'MTA'"
+                    " AND deleted_at IS NULL) AS t)",
+                ),
+                ("a modem hard-deleted", "DELETE FROM modem WHERE hostname = 'cm-demo'"),
+            ]
+            for n, (what, sql) in enumerate(steps, start=2):
+                print(f"\n== change: {what}\n   {sql}")
+                cur.execute(sql)
+                conn.commit()
+                print(f"   STATUS: {notify.wait('STATUS', f'live gen {n}')}")
+            print("\n== change: modem levels written by cacti (a column provhad does not read)")
+            cur.execute("UPDATE modem SET us_pwr = 42, updated_at = NOW() LIMIT 100")
+            conn.commit()
+            print("   no rebuild is expected; a SIGHUP forces one, which changes nothing:")
+            proc.send_signal(signal.SIGHUP)
+            notify.wait("RELOADING")
+            print(f"   READY: {notify.wait('READY')}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=120)
+    print("\n== provhad status")
+    cli.main(["status", "--config", str(config)])
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
     parser.add_argument("--dir", default="demo", help="working folder (default: ./demo)")
     parser.add_argument("--modems", type=int, default=20_000, help="sample size (default 20000)")
     parser.add_argument("--role", choices=["slave", "master"], default="slave")
+    parser.add_argument("--no-daemon", action="store_true", help="only render, do not run")
     args = parser.parse_args(argv)
 
     work = Path(args.dir).resolve()
@@ -77,8 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"== provhad render --config {config}  (SELECT-only user 'slaveread')\n")
         status = cli.main(["render", "--config", str(config)])
-    if status != 0:
-        return status
+        if status != 0:
+            return status
+        _show_tree(root)
+        if not args.no_daemon:
+            status = _daemon(db, config, root, work)
+    return status
+
+
+def _show_tree(root: Path) -> None:
     print("\n== the generated tree")
     for path in sorted(root.rglob("*")):
         if path.is_file() and "tftpboot" not in path.parts:
@@ -87,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = subprocess.run(["dhcpd", "-t", "-cf", str(conf)], capture_output=True, check=False)
     verdict = "accepts" if check.returncode == 0 else "REJECTS"
     print(f"\n== dhcpd -t -cf {conf}: dhcpd {verdict} the written set")
-    return 0 if check.returncode == 0 else 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from provhad.render import (
     RenderedFile,
     RenderedSet,
 )
+from provhad.services import child_env
 
 STAGE_SUFFIX = ".provhad-new"
 CHECK_SUFFIX = ".provhad-check"
@@ -207,6 +208,7 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str]:
             timeout=timeout,
             start_new_session=True,  # so a timeout kills nothing of ours
             check=False,
+            env=child_env(),
         )
     except FileNotFoundError:
         return 127, f"{argv[0]}: not found"
@@ -380,14 +382,64 @@ class Manifest:
     generation: int
     files: dict[str, str]
     written_at: str
+    #: hosts and pools of this generation (for the shrink guard)
+    counts: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def load(state_dir: Path) -> Manifest | None:
         try:
             data = json.loads((state_dir / MANIFEST).read_text(encoding="utf-8"))
-            return Manifest(int(data["generation"]), dict(data["files"]), str(data["written_at"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            return Manifest(
+                int(data["generation"]),
+                dict(data["files"]),
+                str(data["written_at"]),
+                {str(k): int(v) for k, v in data.get("counts", {}).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+CONFIRM_SHRINK = "confirm-shrink"
+
+
+def live_counts(state_dir: Path, rendered: RenderedSet) -> dict[str, int]:
+    """Hosts and pools of the live set: from the manifest, else counted in the live files
+    (a set written by something else, e.g. upstream's cron job, before provhad's first run)."""
+    manifest = Manifest.load(state_dir)
+    if manifest is not None and manifest.counts:
+        return manifest.counts
+    hosts = 0
+    for name in ("modems-host.conf", "endpoints-host.conf", "mta.conf"):
+        with contextlib.suppress(OSError), open(f"{rendered.dhcp_dir}/{name}", "rb") as fh:
+            hosts += sum(1 for line in fh if line.startswith(b"host "))
+    pools = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir(rendered.cmts_dir):
+            if _CMTS_FILE.match(name):
+                with open(os.path.join(rendered.cmts_dir, name), "rb") as fh:
+                    pools += sum(1 for line in fh if line.strip() == b"pool")
+    return {"hosts": hosts, "pools": pools}
+
+
+def shrink_problem(live: dict[str, int], new: dict[str, int], max_percent: float) -> str | None:
+    """Why ``new`` removes too much of ``live``, or None. Pure."""
+    for what in ("hosts", "pools"):
+        before, after = live.get(what, 0), new.get(what, 0)
+        if before and (before - after) * 100 > max_percent * before:
+            return (
+                f"shrink guard: {what} would drop from {before} to {after} "
+                f"(-{(before - after) * 100 / before:.0f}%, more than {max_percent:g}%)"
+            )
+    return None
+
+
+def take_confirmation(state_dir: Path) -> bool:
+    """Consume a person's one-shot confirmation (``provhad confirm-shrink``)."""
+    try:
+        os.unlink(state_dir / CONFIRM_SHRINK)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 PREVIOUS = "previous"
@@ -419,12 +471,15 @@ def _keep_previous(staged: Staged, state_dir: Path) -> None:
     _fsync_dir(str(keep))
 
 
-def _write_manifest(state_dir: Path, files: dict[str, str]) -> Manifest:
+def _write_manifest(
+    state_dir: Path, files: dict[str, str], counts: dict[str, int] | None = None
+) -> Manifest:
     previous = Manifest.load(state_dir)
     manifest = Manifest(
         generation=(previous.generation + 1) if previous else 1,
         files=dict(sorted(files.items())),
         written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        counts=dict(counts or {}),
     )
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -438,7 +493,7 @@ def _write_manifest(state_dir: Path, files: dict[str, str]) -> Manifest:
     return manifest
 
 
-def swap(staged: Staged, state_dir: Path) -> Manifest:
+def swap(staged: Staged, state_dir: Path, counts: dict[str, int] | None = None) -> Manifest:
     """Keep the previous files, rename the staged ones into place, remove stale ones, fsync,
     then write the manifest (last: it tells which generation is complete and live)."""
     rendered = staged.rendered
@@ -457,7 +512,9 @@ def swap(staged: Staged, state_dir: Path) -> Manifest:
         for check in staged.checks:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(check)
-    return _write_manifest(state_dir, {p: sha256(f.data) for p, f in rendered.files.items()})
+    return _write_manifest(
+        state_dir, {p: sha256(f.data) for p, f in rendered.files.items()}, counts
+    )
 
 
 def rollback(state_dir: Path) -> Manifest | None:
@@ -489,4 +546,4 @@ def rollback(state_dir: Path) -> Manifest | None:
     shutil.rmtree(keep, ignore_errors=True)
     old = body.get("manifest")
     files = dict(old["files"]) if old else {}
-    return _write_manifest(state_dir, files)
+    return _write_manifest(state_dir, files, dict(old.get("counts", {})) if old else None)

@@ -28,6 +28,15 @@ class Outcome:
         return f"exit {self.returncode}" + (f": {text}" if text else "")
 
 
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def child_env() -> dict[str, str]:
+    """Our environment without systemd's per-service variables: a child (dhcpd, systemctl)
+    must not speak to our notify socket or think the watchdog is its own."""
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+
+
 async def run(argv: Sequence[str], timeout: float) -> Outcome:
     """Run a command in its own process group; on timeout kill the whole group.
 
@@ -43,6 +52,7 @@ async def run(argv: Sequence[str], timeout: float) -> Outcome:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            env=child_env(),
         )
     except OSError as exc:
         return Outcome(False, None, f"{argv[0]}: {exc.strerror or exc}")

@@ -104,7 +104,9 @@ class DaemonLab:
         for script in (restart, check):
             script.chmod(0o755)
 
-    def configure(self, extra: str = "", min_restart_interval: float = 0) -> None:
+    def configure(
+        self, extra: str = "", min_restart_interval: float = 0, max_shrink_percent: float = 100
+    ) -> None:
         d = self.db
         self.conf.write_text(f"""
 [database]
@@ -128,6 +130,9 @@ poll_interval = 0.2
 quiet_period = 0.3
 max_delay = 3
 min_restart_interval = {min_restart_interval}
+
+[safety]
+max_shrink_percent = {max_shrink_percent}
 
 [dhcpd]
 restart_command = ["{self.tmp}/restart.sh"]
@@ -153,7 +158,9 @@ check_attempts = 1
             ],
             cwd=REPO,
             env=full,
-            stdout=subprocess.PIPE,
+            # a file, not a pipe: nobody reads a pipe while the test runs, and a full one
+            # would block the daemon
+            stdout=(self.tmp / "daemon.log").open("w"),
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -193,8 +200,7 @@ check_attempts = 1
             self.notify.close()
 
     def output(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        return self.proc.stdout.read()
+        return (self.tmp / "daemon.log").read_text()
 
 
 class Gate:

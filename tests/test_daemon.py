@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,7 +200,7 @@ def test_sigterm_mid_cycle_finishes_the_publish(lab: DaemonLab) -> None:
 def test_hung_loop_starves_the_watchdog(lab: DaemonLab) -> None:
     gate = Gate(lab.tmp)
     lab.configure()
-    text = lab.conf.read_text().replace("[dhcpd]", "stall_timeout = 1.0\n\n[dhcpd]", 1)
+    text = lab.conf.read_text().replace("[watch]\n", "[watch]\nstall_timeout = 1.0\n", 1)
     lab.conf.write_text(text + f'\n[validate]\ndhcpd = "{gate.wrapper}"\n')
     lab.start(env={"WATCHDOG_USEC": "200000"})  # ping every 0.1 s while healthy
     lab.wait(lambda m: m.get("READY") == "1")
@@ -228,7 +229,7 @@ def test_periodic_rebuild_reads_its_interval_live(lab: DaemonLab) -> None:
     marker = lab.tmp / "periodic-ran"
     lab.configure()
     text = lab.conf.read_text().replace(
-        "[dhcpd]", f'periodic_command = ["touch", "{marker}"]\n\n[dhcpd]', 1
+        "[watch]\n", f'[watch]\nperiodic_command = ["touch", "{marker}"]\n', 1
     )
     lab.conf.write_text(text)
     lab.start()
@@ -281,3 +282,93 @@ def test_next_offset_change() -> None:
         2026, 10, 25, 1, tzinfo=dt.UTC
     )
     assert next_offset_change("UTC", after) is None
+
+
+def test_shrink_guard_holds_until_a_person_confirms(lab: DaemonLab) -> None:
+    lab.configure(max_shrink_percent=10)
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    lab.sql("DELETE FROM modem")  # a half-emptied database must not empty dhcpd
+    status = lab.wait_status("HELD")
+    assert "shrink guard: hosts would drop from 6 to 1" in status and "live gen 1" in status
+    assert "cm-100000" in lab.file("modems-host.conf")
+    confirm = subprocess.run(
+        [sys.executable, "-m", "provhad.cli", "confirm-shrink", "--config", str(lab.conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert confirm.returncode == 0
+    assert lab.proc is not None
+    lab.proc.send_signal(signal.SIGHUP)
+    lab.wait_status("live gen 2")
+    assert "cm-100000" not in lab.file("modems-host.conf")
+    assert lab.stop() == 0
+
+
+async def _retained_status(host: str, port: int, topic: str) -> dict[str, object]:
+    import aiomqtt
+
+    async with aiomqtt.Client(host, port) as client:
+        await client.subscribe(topic, qos=1)
+        async for message in client.messages:
+            return json.loads(bytes(message.payload).decode())  # type: ignore[no-any-return]
+    raise AssertionError("no message")
+
+
+async def test_mqtt_status_trigger_and_broker_loss(lab: DaemonLab, tmp_path: Path) -> None:
+    import asyncio
+
+    from provhad.testbed import Mosquitto
+
+    broker = Mosquitto(tmp_path / "mqtt")
+    broker.start()
+    try:
+        lab.configure(
+            extra=f'\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+            'topic_prefix = "test/provha"\ntrigger_topic = "test/provha/rebuild"\n'
+            "reconnect_max = 0.5\n"
+        )
+        lab.start()
+        lab.wait(lambda m: "mqtt ok" in m.get("STATUS", ""))
+        node = socket.gethostname()
+        status = await asyncio.wait_for(
+            _retained_status(broker.host, broker.port, f"test/provha/{node}/status"), 30
+        )
+        assert status["state"] == "online" and status["generation"] == 1
+
+        # a rebuild request from the master's side
+        trig = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "provhad.cli",
+            "trigger",
+            "--reason",
+            "test",
+            "--config",
+            str(lab.conf),
+            cwd=REPO,
+        )
+        assert await trig.wait() == 0
+        lab.wait(lambda m: "STATUS" in m and state(lab)["last_trigger"] == "mqtt")
+
+        # the broker goes away: rebuilds go on, and the status says so
+        broker.stop()
+        lab.sql(
+            "INSERT INTO modem (id, hostname, mac)"
+            " VALUES (100076, 'cm-100076', '00:11:22:33:44:76')"
+        )
+        status_line = lab.wait_status("live gen 2")
+        assert "mqtt down" in status_line
+        assert "cm-100076" in lab.file("modems-host.conf")
+        broker.start()
+        lab.sql("UPDATE modem SET public = 1 WHERE id = 100076")
+        lab.wait(lambda m: "live gen 3" in m.get("STATUS", "") and "mqtt ok" in m["STATUS"])
+        assert lab.stop() == 0
+        offline = await asyncio.wait_for(
+            _retained_status(broker.host, broker.port, f"test/provha/{node}/status"), 30
+        )
+        assert offline["state"] == "offline"
+    finally:
+        broker.stop()

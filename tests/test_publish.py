@@ -159,8 +159,9 @@ def test_staging_failure_is_clear_and_harmless(tmp_path: Path) -> None:
     cmts.rmdir()
     cmts.write_text("a file where a directory should be\n")  # makes the staging fail
     snap = rows.small()
+    more = [*snap.modem, rows.modem(100030, "00:11:22:33:44:30")]
     with pytest.raises(publish.PublishError, match="staging failed"):
-        cycle.apply(cfg, dataclasses.replace(snap, modem=snap.modem[:1]), FACTS)
+        cycle.apply(cfg, dataclasses.replace(snap, modem=more), FACTS)
     after = tree(tmp_path)
     for rel in before:
         if "cmts_gws/" not in rel:
@@ -223,3 +224,39 @@ def test_leftovers_of_a_crash_are_cleaned(tmp_path: Path) -> None:
     assert cycle.apply(cfg, rows.small(), FACTS).ok
     assert not (dhcp / ".modems-host.conf.provhad-new").exists()
     assert os.listdir(dhcp).count("modems-host.conf") == 1
+
+
+def test_shrink_guard_holds_until_confirmed(tmp_path: Path) -> None:
+    cfg = cfg_for(tmp_path)
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    before = tree(tmp_path)
+    snap = rows.small()
+    shrunk = dataclasses.replace(snap, modem=snap.modem[:1], endpoint=[])  # 6 hosts -> 2
+    held = cycle.apply(cfg, shrunk, FACTS)
+    assert not held.ok and held.shrink_held
+    assert "hosts would drop from 6 to 2 (-67%, more than 10%)" in held.error
+    assert "provhad confirm-shrink" in held.error
+    assert tree(tmp_path) == before
+    (tmp_path / "var/lib/provhad/confirm-shrink").write_text("yes\n")
+    res = cycle.apply(cfg, shrunk, FACTS)
+    assert res.ok and res.generation == 2 and "published as confirmed" in res.warnings[-1]
+    assert not (tmp_path / "var/lib/provhad/confirm-shrink").exists()  # one shot
+
+
+def test_shrink_guard_counts_a_foreign_live_set(tmp_path: Path) -> None:
+    """Before provhad's first publish, the live set (e.g. upstream's) is counted from its files."""
+    dhcp = tmp_path / "etc/dhcp-nmsprime"
+    (dhcp / "cmts_gws").mkdir(parents=True)
+    (dhcp / "modems-host.conf").write_text("".join(f"host cm-{i} {{ }}\n" for i in range(100)))
+    res = cycle.apply(cfg_for(tmp_path), rows.small(), FACTS)
+    assert res.shrink_held and "from 100 to 6" in res.error
+
+
+def test_shrink_guard_can_be_lowered(tmp_path: Path) -> None:
+    cfg = cfg_for(tmp_path)
+    cfg = dataclasses.replace(cfg, safety=dataclasses.replace(cfg.safety, max_shrink_percent=100))
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    snap = rows.small()
+    assert cycle.apply(cfg, dataclasses.replace(snap, modem=snap.modem[:1]), FACTS).ok
+    assert publish.shrink_problem({"hosts": 10, "pools": 4}, {"hosts": 9, "pools": 4}, 10) is None
+    assert publish.shrink_problem({"hosts": 10, "pools": 4}, {"hosts": 10, "pools": 3}, 10)
