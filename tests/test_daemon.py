@@ -421,3 +421,23 @@ def test_invalid_set_is_reported_once(lab: DaemonLab) -> None:
     log = lab.output()
     assert log.count("event=rejected") == 1, log
     assert "nmsprime.test" in lab.file("global.conf")
+
+
+async def test_timers_fire_dst_periodic_and_restart(tmp_path: Path) -> None:
+    """The UTC-offset change, the periodic rebuild and a deferred restart are timer triggers."""
+    from provhad.daemon import Daemon, Trigger
+
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        f'[database]\nhosts = ["127.0.0.1:1"]\n[provha]\nown_state = "slave"\n'
+        f'[paths]\nroot = "{tmp_path}"\n'
+    )
+    daemon = Daemon(str(conf))
+    now = time.monotonic()
+    daemon.dst_due, daemon.periodic_due, daemon.restart_due = now + 0.2, now + 0.1, now
+    assert await daemon.next_trigger() == Trigger("restart")
+    assert await daemon.next_trigger() == Trigger("periodic")
+    assert await daemon.next_trigger() == Trigger("dst")
+    assert daemon.dst_due is None and daemon.periodic_due is None and daemon.restart_due is None
+    daemon.want("mqtt", "x")
+    assert await daemon.next_trigger() == Trigger("mqtt", "x")
