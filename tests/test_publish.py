@@ -18,8 +18,11 @@ from tests import rows
 FACTS = HostFacts(dt.datetime(2026, 1, 15, tzinfo=dt.UTC), "nmsslave.nmsprime.test", None)
 
 
-def cfg_for(root: Path, role: str = "slave") -> config.Config:
-    return config.Config(own_state=role).with_root(root)
+def cfg_for(root: Path, role: str = "slave", max_shrink_percent: float = 100) -> config.Config:
+    """The tests' config; the shrink guard is off unless a test is about it (the small
+    network shrinks by more than 10 % with any deleted row)."""
+    cfg = config.Config(own_state=role).with_root(root)
+    return dataclasses.replace(cfg, safety=config.SafetyConfig(max_shrink_percent))
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -227,7 +230,7 @@ def test_leftovers_of_a_crash_are_cleaned(tmp_path: Path) -> None:
 
 
 def test_shrink_guard_holds_until_confirmed(tmp_path: Path) -> None:
-    cfg = cfg_for(tmp_path)
+    cfg = cfg_for(tmp_path, max_shrink_percent=10)
     assert cycle.apply(cfg, rows.small(), FACTS).ok
     before = tree(tmp_path)
     snap = rows.small()
@@ -248,7 +251,7 @@ def test_shrink_guard_counts_a_foreign_live_set(tmp_path: Path) -> None:
     dhcp = tmp_path / "etc/dhcp-nmsprime"
     (dhcp / "cmts_gws").mkdir(parents=True)
     (dhcp / "modems-host.conf").write_text("".join(f"host cm-{i} {{ }}\n" for i in range(100)))
-    res = cycle.apply(cfg_for(tmp_path), rows.small(), FACTS)
+    res = cycle.apply(cfg_for(tmp_path, max_shrink_percent=10), rows.small(), FACTS)
     assert res.shrink_held and "from 100 to 6" in res.error
 
 
