@@ -7,14 +7,48 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from provhad import __version__, config, cycle
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_UNKNOWN = 3  # a monitoring plugin's "UNKNOWN": exit 2 would read as CRITICAL
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse; a monitoring plugin's usage errors are UNKNOWN (a status line, exit 3)."""
+
+    plugin = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.plugin:
+            print(f"PROVHAD UNKNOWN - usage: {message}")
+            self.exit(EXIT_UNKNOWN)
+        super().error(message)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds greater than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return value
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="provhad",
         description=(
             "Keep the provisioning services (DHCP, TFTP, time, DNS) of an NMS Prime ProvHA "
@@ -76,7 +110,49 @@ def _parser() -> argparse.ArgumentParser:
         description="Publish a rebuild request on [mqtt] trigger_topic (for the master's side).",
     )
     trigger.add_argument("--reason", default="", help="free text carried in the request")
-    for p in (render, run, status, confirm, trigger):
+    check = sub.add_parser(
+        "check",
+        help="monitoring plugin for Nagios/Icinga: one status line, exit 0/1/2/3",
+        description=(
+            "Read the daemon's state file and print one line 'PROVHAD OK|WARNING|CRITICAL|"
+            "UNKNOWN - text | perfdata'; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. "
+            "CRITICAL: the daemon is not running, the last successful cycle is older than the "
+            "critical age, a dhcpd restart failed, the shrink guard holds a set back, no "
+            "database node answers ([check] db_down). WARNING: the warning age, a set held "
+            "back or a failed cycle, a dhcpd restart pending, reading from a fallback database "
+            "node ([check] db_fallback), rejected rows, missing TFTP configfiles. UNKNOWN: no "
+            "readable state file or a bad configuration. Thresholds come from [check]; the "
+            "options override them. Count thresholds alert at that many or more; 0 is off."
+        ),
+    )
+    check.plugin = True
+    check.add_argument(
+        "-w",
+        "--warning",
+        type=_seconds,
+        metavar="SECONDS",
+        dest="age_warning",
+        help="age of the last successful cycle that is WARNING ([check] age_warning)",
+    )
+    check.add_argument(
+        "-c",
+        "--critical",
+        type=_seconds,
+        metavar="SECONDS",
+        dest="age_critical",
+        help="age of the last successful cycle that is CRITICAL ([check] age_critical)",
+    )
+    for what, key in (("rejected rows", "rejected"), ("missing TFTP configfiles", "missing")):
+        name = "missing_configfiles" if key == "missing" else key
+        for level in ("warning", "critical"):
+            check.add_argument(
+                f"--{key}-{level}",
+                type=_count,
+                metavar="N",
+                dest=f"{name}_{level}",
+                help=f"{what} that are {level.upper()} ([check] {name}_{level})",
+            )
+    for p in (render, run, status, confirm, trigger, check):
         p.add_argument(
             "--config", metavar="FILE", help="provhad TOML file (default: NMS Prime's env files)"
         )
@@ -148,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config.load(args.config, root=args.root)
     except config.ConfigError as exc:
+        if args.command == "check":
+            print(f"PROVHAD UNKNOWN - configuration error: {exc}")
+            return EXIT_UNKNOWN
         print(f"provhad: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "render":
@@ -166,6 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         (state_dir / "confirm-shrink").write_text("confirmed by a person\n")
         print("confirmed: the next set held back by the shrink guard will be published")
         return EXIT_OK
+    if args.command == "check":
+        from provhad import check
+
+        limits = {
+            f"{name}_{level}": getattr(args, f"{name}_{level}")
+            for name in ("age", "rejected", "missing_configfiles")
+            for level in ("warning", "critical")
+        }
+        return check.run(check.thresholds(cfg, limits))
     if args.command == "trigger":
         from provhad import mqtt
 

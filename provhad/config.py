@@ -136,6 +136,26 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class CheckConfig:
+    """Thresholds of ``provhad check``, the Nagios/Icinga plugin. A count threshold alerts at
+    that many or more; 0 turns it off."""
+
+    #: seconds since the last successful cycle (the periodic rebuild runs at least hourly)
+    age_warning: float = 7200.0
+    age_critical: float = 14400.0
+    #: rows left out of the live set as invalid
+    rejected_warning: int = 1
+    rejected_critical: int = 0
+    #: modems and MTAs whose TFTP configfile is missing
+    missing_configfiles_warning: int = 1
+    missing_configfiles_critical: int = 0
+    #: severity when reading from a fallback node (not the first configured one)
+    db_fallback: str = "warning"
+    #: severity when no database node answers
+    db_down: str = "critical"
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     """The optional MQTT broker: status out, rebuild requests in. Empty host: off."""
 
@@ -164,6 +184,7 @@ class Config:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
     source: str = "<defaults>"
 
     def with_root(self, root: str | os.PathLike[str]) -> Config:
@@ -187,6 +208,7 @@ _SECTIONS: dict[str, type] = {
     "services": ServicesConfig,
     "mqtt": MqttConfig,
     "safety": SafetyConfig,
+    "check": CheckConfig,
 }
 
 _HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?")
@@ -231,6 +253,15 @@ def _check_timezone(value: Any) -> str:
     return value
 
 
+SEVERITIES = ("ok", "warning", "critical")
+
+
+def _check_severity(value: Any) -> str:
+    if value not in SEVERITIES:
+        raise ValueError(f"{value!r} is not one of {', '.join(SEVERITIES)}")
+    return str(value)
+
+
 #: pacing values where 0 means "no wait"
 _ZERO_OK = frozenset(
     {"quiet_period", "min_restart_interval", "check_interval", "max_shrink_percent"}
@@ -240,6 +271,8 @@ _SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("database", "hosts"): _check_hosts,
     ("render", "timezone"): _check_timezone,
     ("render", "fqdn"): _check_fqdn,
+    ("check", "db_fallback"): _check_severity,
+    ("check", "db_down"): _check_severity,
 }
 
 #: integer keys with a range (inclusive)
