@@ -450,6 +450,10 @@ class Daemon:
             )
             self.tasks.append(asyncio.create_task(self.mqtt.run()))
         self.notifier.extend_timeout(max(120.0, 3 * self.cfg.validate.timeout))
+        # before the first (possibly long) cycle: `provhad check` must not read "stopped"
+        self.state.status = "starting"
+        with contextlib.suppress(OSError):
+            self.state.save(self.state_dir)
         self.log.info("startup", config=self.cfg.source, pid=os.getpid())
         # fingerprint first, then the snapshot: a change in between is seen by the next poll
         with contextlib.suppress(db.DatabaseError):

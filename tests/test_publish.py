@@ -55,8 +55,8 @@ def test_publish_whole_set_accepted_by_dhcpd(tmp_path: Path, role: str) -> None:
     secret_files = [
         "etc/dhcp-nmsprime/dhcpd.conf",
         "etc/dhcp-nmsprime/failover.conf",
-        "etc/named-nmsprime-dhcpupdate.key",
-        "etc/named-ddns.sh",
+        "etc/named-nmsprime.d/dhcpupdate.key",
+        "etc/dhcp-nmsprime/named-ddns.sh",
     ]
     for rel in secret_files:
         assert (tmp_path / rel).stat().st_mode & 0o007 == 0, rel

@@ -125,9 +125,9 @@ def test_failover_per_role() -> None:
 def test_dns_passwords_per_role() -> None:
     slave, master = render("slave"), render("master")
     assert f"secret {rows.SLAVE_PW};" in slave["etc/dhcp-nmsprime/dhcpd.conf"]
-    assert f'secret "{rows.SLAVE_PW}";' in slave["etc/named-nmsprime-dhcpupdate.key"]
+    assert f'secret "{rows.SLAVE_PW}";' in slave["etc/named-nmsprime.d/dhcpupdate.key"]
     assert f"secret {rows.MASTER_PW};" in master["etc/dhcp-nmsprime/dhcpd.conf"]
-    ddns = slave["etc/named-ddns.sh"]
+    ddns = slave["etc/dhcp-nmsprime/named-ddns.sh"]
     assert f"update 127.0.0.1 '{rows.SLAVE_PW}'" in ddns
     assert f"update 172.20.0.1 '{rows.MASTER_PW}'" in ddns
 
@@ -200,7 +200,7 @@ def test_ddns_script_names_cpes_like_dhcpd_prints_macs(tmp_path: Path) -> None:
     import hmac
     import subprocess
 
-    script = render("slave")["etc/named-ddns.sh"]
+    script = render("slave")["etc/dhcp-nmsprime/named-ddns.sh"]
     code = script.split("python3 -c '", 1)[1].split('\' "$mac"', 1)[0]
     key = tmp_path / "cpe.key"
     key.write_text("00112233445566778899aabbccddeeff\n")
