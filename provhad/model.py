@@ -24,6 +24,7 @@ POOL_TYPES = ("CM", "CPEPub", "CPEPriv", "MTA")
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _MAC_HEX_RE = re.compile(r"^[0-9a-f]{12}$")
+_MAC_CANON = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _MAC_SEP_RE = re.compile(r"[:\-.]")
 # hmac-md5 secrets as ddns-confgen/dnssec-keygen print them: base64.
 _SECRET_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
@@ -189,6 +190,8 @@ def ipv4(value: Any, column: str) -> str:
 
 def mac(value: Any, column: str = "mac") -> str:
     """A MAC in lower-case colon form; accepts ':', '-' or Cisco '.' separators."""
+    if isinstance(value, str) and _MAC_CANON.fullmatch(value):
+        return value  # the form NMS Prime stores: nothing to normalise (hot path)
     if not isinstance(value, str):
         raise BadValue(f"{column} {value!r} is not a MAC address")
     raw = value.strip(" ").lower()
@@ -204,7 +207,10 @@ def mac(value: Any, column: str = "mac") -> str:
 
 def reserved_mac(value: Any) -> bool:
     """NULL, '' and ff:* MACs are skipped, as upstream does (RFC 7042 reserved)."""
-    return blank(value) or str(value).strip().lower().startswith("ff")
+    if value is None:
+        return True
+    text = str(value).strip()
+    return not text or text[:2] in ("ff", "FF", "fF", "Ff")
 
 
 def label(value: Any, column: str) -> str:
@@ -404,6 +410,8 @@ def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
         pieces = cut_ranges(int(start), int(end), fixed_ips)
     else:
         pieces = [(int(start), int(end))]
+    if not pieces:
+        raise BadValue(f"every address of {start}-{end} is a fixed IP of an endpoint")
     ranges = tuple(
         (str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b))) for a, b in pieces
     )
@@ -458,14 +466,15 @@ def _build_netgws(
                     Reject("ippool", pool.id, f"{exc}; pool rendered without its optional")
                 )
                 pool = replace(pool, optional=None)
-        spans = [
-            (int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b))) for a, b in pool.ranges
-        ]
-        clash = next((pid for a, b in spans for (x, y, pid) in taken if a <= y and x <= b), None)
+        # a pool's whole start..end (holes for fixed IPs included): dhcpd rejects a set in
+        # which two pools declare the same address
+        a = int(ipaddress.IPv4Address(pool.ranges[0][0]))
+        b = int(ipaddress.IPv4Address(pool.ranges[-1][1]))
+        clash = next((pid for (x, y, pid) in taken if a <= y and x <= b), None)
         if clash is not None:
             rejects.append(Reject("ippool", pool.id, f"range overlaps ippool id {clash}"))
             continue
-        taken.extend((a, b, pool.id) for a, b in spans)
+        taken.append((a, b, pool.id))
         pools_by_gw.setdefault(pool.netgw_id, []).append(pool)
     out = []
     for row in snap.netgw:  # upstream keeps the database order here

@@ -168,3 +168,11 @@ def test_mac_and_secret_reject_trailing_newline() -> None:
         model.mac("00:11:22:33:44:55\n")
     with pytest.raises(BadValue):
         model.secret("YWJj\nZA==", "x")
+
+
+def test_cpepub_pool_without_free_address_is_rejected() -> None:
+    snap = rows.small()
+    fixed = [f"198.18.0.{i}" for i in range(10, 21)]
+    m = model.build(dataclasses.replace(snap, fixed_ips=fixed), "slave")
+    assert any(r.id == 3 and "fixed IP" in r.reason for r in m.rejects)
+    assert 3 not in {p.id for p in m.pools}
