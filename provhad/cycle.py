@@ -133,6 +133,10 @@ def apply(
     tick = progress or (lambda: None)
     result = Result(node=snap.node)
     state_dir = cfg.paths.under_root(cfg.paths.state_dir)
+    # a publish a crash interrupted is finished or undone before anything reads the live set
+    recovered = publish.recover(state_dir)
+    if recovered:
+        result.warnings.append(f"an interrupted publish was found and {recovered}")
     renderer = Renderer(cfg)
     dropped_optional: dict[int, str] = {}
     dropped_rows: dict[tuple[str, int], str] = {}

@@ -455,6 +455,15 @@ class Daemon:
         with contextlib.suppress(OSError):
             self.state.save(self.state_dir)
         self.log.info("startup", config=self.cfg.source, pid=os.getpid())
+        try:
+            recovered = await asyncio.to_thread(publish.recover, self.state_dir)
+        except publish.PublishError as exc:
+            recovered = None
+            self.log.error("recover_failed", error=str(exc))
+        if recovered:
+            self.log.warning("recovered", result=recovered)
+            manifest = publish.Manifest.load(self.state_dir)
+            self.state.generation = manifest.generation if manifest else self.state.generation
         # fingerprint first, then the snapshot: a change in between is seen by the next poll
         with contextlib.suppress(db.DatabaseError):
             await self.watcher.changed()

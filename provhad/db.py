@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomysql
 import pymysql
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from provhad.config import DatabaseConfig
 from provhad.snapshot import Row, Snapshot
@@ -40,6 +43,19 @@ QUERIES: dict[str, str] = {
 }
 FIXED_IPS = "SELECT ip FROM endpoint WHERE fixed_ip = 1 AND ip IS NOT NULL AND deleted_at IS NULL"
 _NO_SUCH_TABLE = 1146
+T = TypeVar("T")
+
+#: Rounds over all nodes before read_snapshot gives up (the daemon retries on its next trigger),
+#: with an exponential pause between rounds: a cluster in the middle of a view change
+#: (a node just died, the others are evicting it) is usually whole again within a second.
+SNAPSHOT_ROUNDS = 3
+ROUND_BACKOFF = wait_exponential(multiplier=0.25, max=2.0)
+#: No statement provhad sends takes long on a healthy node; a frozen node (hung host, SIGSTOP)
+#: keeps the TCP connection open and never answers, so every statement has a deadline.
+MIN_QUERY_TIMEOUT = 10.0
+#: A pooled connection is replaced when older than this share of the server's wait_timeout,
+#: long before the server drops it as idle.
+RECYCLE_SHARE = 0.5
 
 
 class DatabaseError(Exception):
@@ -58,6 +74,19 @@ class Node:
         return self.socket or f"{self.host}:{self.port}"
 
 
+def query_timeout(cfg: DatabaseConfig) -> float:
+    """Deadline of one statement (or of one small group of probes)."""
+    return max(MIN_QUERY_TIMEOUT, 3 * cfg.connect_timeout)
+
+
+async def _bounded(aw: Awaitable[T], timeout: float) -> T:
+    """``aw`` within ``timeout`` s; a TimeoutError (an OSError) saying so otherwise."""
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except TimeoutError as exc:
+        raise TimeoutError(f"no answer within {timeout:g} s") from exc
+
+
 def nodes(cfg: DatabaseConfig) -> list[Node]:
     """The configured nodes in order; a socket (NMS Prime's DB_SOCKET) comes first."""
     out = [Node("localhost", 0, cfg.socket)] if cfg.socket else []
@@ -66,6 +95,8 @@ def nodes(cfg: DatabaseConfig) -> list[Node]:
 
 
 async def connect(cfg: DatabaseConfig, node: Node) -> aiomysql.Connection:
+    """A connection to ``node``; the whole handshake is bounded by ``connect_timeout`` (aiomysql
+    bounds only the TCP connect, and a frozen server accepts TCP but never greets)."""
     kwargs: dict[str, Any] = {
         "user": cfg.user,
         "password": cfg.password,
@@ -78,7 +109,7 @@ async def connect(cfg: DatabaseConfig, node: Node) -> aiomysql.Connection:
         kwargs["unix_socket"] = node.socket
     else:
         kwargs["host"], kwargs["port"] = node.host, node.port
-    return await aiomysql.connect(**kwargs)
+    return await _bounded(aiomysql.connect(**kwargs), cfg.connect_timeout)
 
 
 async def node_health(conn: aiomysql.Connection) -> str | None:
@@ -93,22 +124,29 @@ async def node_health(conn: aiomysql.Connection) -> str | None:
             " ('wsrep_ready', 'wsrep_cluster_status', 'wsrep_local_state_comment')"
         )
         status = {str(k): str(v) for k, v in await cur.fetchall()}
-    if status.get("wsrep_ready", "ON") != "ON":
-        return "wsrep_ready is OFF"
+    # Primary first: a node cut off from its cluster is also not ready, and this says why
     if status.get("wsrep_cluster_status", "Primary") != "Primary":
         return f"not in the Primary component ({status['wsrep_cluster_status']})"
+    if status.get("wsrep_ready", "ON") != "ON":
+        return "wsrep_ready is OFF"
     if status.get("wsrep_local_state_comment", "Synced") != "Synced":
         return f"not Synced ({status['wsrep_local_state_comment']})"
     return None
 
 
-async def _rows(cur: Any, sql: str) -> list[Row]:
-    await cur.execute(sql)
-    return list(await cur.fetchall())
+async def _rows(cur: Any, sql: str, timeout: float) -> list[Row]:
+    async def run() -> list[Row]:
+        await cur.execute(sql)
+        return list(await cur.fetchall())
+
+    return await _bounded(run(), timeout)
 
 
-async def read_snapshot_from(conn: aiomysql.Connection, node: str = "") -> Snapshot:
-    """All tables in one read-only transaction with a consistent snapshot."""
+async def read_snapshot_from(
+    conn: aiomysql.Connection, node: str = "", timeout: float = MIN_QUERY_TIMEOUT
+) -> Snapshot:
+    """All tables in one read-only transaction with a consistent snapshot (each statement
+    bounded by ``timeout``; the connection is unusable after a timeout)."""
     async with conn.cursor(aiomysql.DictCursor) as cur:
         # causal read: see every commit the cluster has certified before this point
         with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
@@ -119,22 +157,23 @@ async def read_snapshot_from(conn: aiomysql.Connection, node: str = "") -> Snaps
             tables: dict[str, list[Row]] = {}
             for table, sql in QUERIES.items():
                 try:
-                    tables[table] = await _rows(cur, sql)
+                    tables[table] = await _rows(cur, sql, timeout)
                 except pymysql.err.ProgrammingError as exc:
                     # ProvVoip (provvoip, mta) is an optional NMS Prime module
                     if table in ("provvoip", "mta") and exc.args and exc.args[0] == _NO_SUCH_TABLE:
                         tables[table] = []
                     else:
                         raise
-            fixed = [str(r["ip"]) for r in await _rows(cur, FIXED_IPS)]
+            fixed = [str(r["ip"]) for r in await _rows(cur, FIXED_IPS, timeout)]
         finally:
             await conn.rollback()
     return Snapshot(**tables, fixed_ips=fixed, node=node)
 
 
-async def read_snapshot(cfg: DatabaseConfig) -> Snapshot:
-    """A snapshot from the first healthy node, trying each configured node in order."""
+async def _snapshot_round(cfg: DatabaseConfig) -> Snapshot:
+    """One pass over the nodes in order: the first healthy one that answers delivers."""
     problems: list[str] = []
+    timeout = query_timeout(cfg)
     for node in nodes(cfg):
         try:
             conn = await connect(cfg, node)
@@ -142,16 +181,47 @@ async def read_snapshot(cfg: DatabaseConfig) -> Snapshot:
             problems.append(f"{node}: {_describe(exc)}")
             continue
         try:
-            unfit = await node_health(conn)
+            unfit = await _bounded(node_health(conn), timeout)
             if unfit:
                 problems.append(f"{node}: {unfit}")
                 continue
-            return await read_snapshot_from(conn, str(node))
+            return await read_snapshot_from(conn, str(node), timeout)
         except (pymysql.err.MySQLError, OSError) as exc:
             problems.append(f"{node}: {_describe(exc)}")
         finally:
             conn.close()
     raise DatabaseError("no database node delivered a snapshot: " + "; ".join(problems))
+
+
+async def read_snapshot(cfg: DatabaseConfig) -> Snapshot:
+    """A snapshot from the first healthy node, trying each configured node in order; up to
+    ``SNAPSHOT_ROUNDS`` rounds with a backoff in between. Raises DatabaseError (the last
+    round's problems) when no node delivered."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(SNAPSHOT_ROUNDS),
+        wait=ROUND_BACKOFF,
+        retry=retry_if_exception_type(DatabaseError),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await _snapshot_round(cfg)
+    raise AssertionError("unreachable: tenacity reraises the last DatabaseError")
+
+
+async def _causal_reads(conn: aiomysql.Connection) -> None:
+    """Make SELECT and SHOW (the commit position too) wait for what the cluster committed."""
+    async with conn.cursor() as cur:
+        with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
+            await cur.execute("SET SESSION wsrep_sync_wait = 1")
+
+
+async def _wait_timeout(conn: aiomysql.Connection) -> float:
+    """The session's wait_timeout in seconds (0: unknown)."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT @@SESSION.wait_timeout")
+        row = await cur.fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -260,7 +330,11 @@ async def fingerprints(conn: aiomysql.Connection) -> dict[str, tuple[int, ...]]:
 
 
 class Watcher:
-    """Keeps one connection to a healthy node and tells which watched tables changed."""
+    """Keeps one connection to a healthy node and tells which watched tables changed.
+
+    The fingerprints survive reconnects (to the same or another node, or after the whole
+    cluster was down), so a change committed while no node answered is reported afterwards.
+    """
 
     def __init__(self, cfg: DatabaseConfig) -> None:
         self.cfg = cfg
@@ -268,10 +342,16 @@ class Watcher:
         self.node: str = ""
         self.position: str | None = None
         self.prints: dict[str, tuple[int, ...]] | None = None
+        #: monotonic time the connection was made, and its age at which it is replaced
+        self.connected_at = 0.0
+        self.max_age = float("inf")
+        self.timeout = query_timeout(cfg)
 
     async def _connection(self) -> aiomysql.Connection:
         if self.conn is not None and not self.conn.closed:
-            return self.conn
+            if time.monotonic() - self.connected_at < self.max_age:
+                return self.conn
+            self.close()  # before the server drops it as idle (an error on the next poll)
         problems = []
         for node in nodes(self.cfg):
             try:
@@ -279,13 +359,24 @@ class Watcher:
             except (pymysql.err.MySQLError, OSError) as exc:
                 problems.append(f"{node}: {_describe(exc)}")
                 continue
-            unfit = await node_health(conn)
+            try:
+                unfit = await _bounded(node_health(conn), self.timeout)
+                if not unfit:
+                    await conn.autocommit(True)
+                    await _bounded(_causal_reads(conn), self.timeout)
+                    wait_timeout = await _bounded(_wait_timeout(conn), self.timeout)
+            except (pymysql.err.MySQLError, OSError) as exc:
+                unfit = _describe(exc)
             if unfit:
                 conn.close()
                 problems.append(f"{node}: {unfit}")
                 continue
-            await conn.autocommit(True)
             self.conn, self.node = conn, str(node)
+            self.connected_at = time.monotonic()
+            self.max_age = wait_timeout * RECYCLE_SHARE if wait_timeout > 0 else float("inf")
+            # another node (or a re-bootstrapped cluster) may number its commits alike: compare
+            # content once before trusting the position again
+            self.position = None
             return conn
         raise DatabaseError("no healthy database node: " + "; ".join(problems))
 
@@ -300,12 +391,13 @@ class Watcher:
         Raises DatabaseError (and drops the connection) when no node can answer."""
         try:
             conn = await self._connection()
-            if await node_health(conn):
-                raise DatabaseError(f"{self.node}: left the synced Primary component")
-            position = await commit_position(conn)
+            unfit = await _bounded(node_health(conn), self.timeout)
+            if unfit:
+                raise DatabaseError(f"{self.node}: {unfit}")
+            position = await _bounded(commit_position(conn), self.timeout)
             if position is not None and position == self.position and self.prints is not None:
                 return []
-            prints = await fingerprints(conn)
+            prints = await _bounded(fingerprints(conn), self.timeout)
         except (pymysql.err.MySQLError, OSError) as exc:
             node = self.node
             self.close()

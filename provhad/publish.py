@@ -299,8 +299,8 @@ def stage(plan: Plan, rendered: RenderedSet) -> Staged:
             os.makedirs(d, exist_ok=True)
         for f in plan.write:
             tmp = sibling(f.path, STAGE_SUFFIX)
+            staged.paths[f.path] = tmp  # first: a write that fails half-way is discarded too
             _write(tmp, f.data, f.mode)
-            staged.paths[f.path] = tmp
     except OSError as exc:
         discard(staged)
         raise PublishError(f"staging failed: {exc.strerror or exc} ({exc.filename})") from exc
@@ -314,8 +314,8 @@ def write_checks(
     try:
         for f in render_includers(staged.locate).files.values():
             check = sibling(f.path, CHECK_SUFFIX)
-            _write(check, f.data, 0o600)
             staged.checks.append(check)
+            _write(check, f.data, 0o600)
     except OSError as exc:
         discard(staged)
         raise PublishError(f"staging failed: {exc.strerror or exc} ({exc.filename})") from exc
@@ -368,8 +368,10 @@ def probe_dhcpd(rendered: RenderedSet, vcfg: ValidateConfig) -> bool:
 
 
 def discard(staged: Staged) -> None:
+    """Remove the staged and check copies (best effort: on a read-only file system even the
+    unlink of a file that was never created fails, and the caller reports the first error)."""
     for tmp in [*staged.paths.values(), *staged.checks]:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
     staged.paths.clear()
     staged.checks.clear()
@@ -443,6 +445,8 @@ def take_confirmation(state_dir: Path) -> bool:
 
 
 PREVIOUS = "previous"
+#: The swap's intent, written (fsynced) before its first rename and removed after the manifest.
+JOURNAL = "swap-journal.json"
 
 
 def _keep_previous(staged: Staged, state_dir: Path) -> None:
@@ -452,6 +456,9 @@ def _keep_previous(staged: Staged, state_dir: Path) -> None:
     index names every path and whether it existed (a rollback deletes the ones that did not).
     """
     keep = state_dir / PREVIOUS
+    # the index first: a crash inside rmtree must not leave an index naming deleted files
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(keep / "index.json")
     shutil.rmtree(keep, ignore_errors=True)
     keep.mkdir(parents=True)
     index: dict[str, str | None] = {}
@@ -471,16 +478,25 @@ def _keep_previous(staged: Staged, state_dir: Path) -> None:
     _fsync_dir(str(keep))
 
 
-def _write_manifest(
+def _next_manifest(
     state_dir: Path, files: dict[str, str], counts: dict[str, int] | None = None
 ) -> Manifest:
     previous = Manifest.load(state_dir)
-    manifest = Manifest(
+    return Manifest(
         generation=(previous.generation + 1) if previous else 1,
         files=dict(sorted(files.items())),
         written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         counts=dict(counts or {}),
     )
+
+
+def _write_manifest(
+    state_dir: Path, files: dict[str, str], counts: dict[str, int] | None = None
+) -> Manifest:
+    return _store_manifest(state_dir, _next_manifest(state_dir, files, counts))
+
+
+def _store_manifest(state_dir: Path, manifest: Manifest) -> Manifest:
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         tmp = str(state_dir / f".{MANIFEST}{STAGE_SUFFIX}")
@@ -493,32 +509,205 @@ def _write_manifest(
     return manifest
 
 
+@dataclass(frozen=True)
+class Journal:
+    """A swap's intent: the staged -> live renames, the removals and the manifest they make."""
+
+    renames: dict[str, str]  # live path -> staged path
+    remove: tuple[str, ...]
+    dirs: tuple[str, ...]
+    manifest: Manifest
+    #: written by rollback(): once done, the kept previous files are used up
+    undo: bool = False
+
+    def store(self, state_dir: Path) -> None:
+        body = {
+            "renames": self.renames,
+            "remove": list(self.remove),
+            "dirs": list(self.dirs),
+            "manifest": self.manifest.__dict__,
+            "undo": self.undo,
+        }
+        tmp = state_dir / f".{JOURNAL}{STAGE_SUFFIX}"
+        try:
+            _write(str(tmp), json.dumps(body, indent=1).encode(), 0o600)
+            os.replace(tmp, state_dir / JOURNAL)
+            _fsync_dir(str(state_dir))
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def load(state_dir: Path) -> Journal | None:
+        """The pending journal; None when there is none. ValueError when it is unreadable."""
+        try:
+            data = json.loads((state_dir / JOURNAL).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        try:
+            m = data["manifest"]
+            return Journal(
+                {str(k): str(v) for k, v in data["renames"].items()},
+                tuple(str(p) for p in data["remove"]),
+                tuple(str(d) for d in data["dirs"]),
+                Manifest(
+                    int(m["generation"]),
+                    {str(k): str(v) for k, v in m["files"].items()},
+                    str(m["written_at"]),
+                    {str(k): int(v) for k, v in m.get("counts", {}).items()},
+                ),
+                bool(data.get("undo", False)),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{state_dir / JOURNAL}: {exc}") from exc
+
+
+def _drop_journal(state_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_dir / JOURNAL)
+    _fsync_dir(str(state_dir))
+
+
+def _roll_forward(journal: Journal) -> None:
+    for live, tmp in journal.renames.items():
+        with contextlib.suppress(FileNotFoundError):  # renamed before the crash
+            os.replace(tmp, live)
+    for path in journal.remove:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    for d in journal.dirs:
+        _fsync_dir(d)
+
+
 def swap(staged: Staged, state_dir: Path, counts: dict[str, int] | None = None) -> Manifest:
-    """Keep the previous files, rename the staged ones into place, remove stale ones, fsync,
-    then write the manifest (last: it tells which generation is complete and live)."""
+    """Keep the previous files, journal the intent, rename the staged files into place, remove
+    stale ones, fsync, then write the manifest (it tells which generation is complete and
+    live) and drop the journal. A crash in between is repaired by :func:`recover`."""
     rendered = staged.rendered
     try:
+        if (state_dir / JOURNAL).exists():
+            raise PublishError(f"an interrupted swap is pending in {state_dir}: recover() first")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        manifest = _next_manifest(
+            state_dir, {p: sha256(f.data) for p, f in rendered.files.items()}, counts
+        )
+        journal = Journal(
+            dict(staged.paths), staged.plan.remove, tuple(target_dirs(rendered)), manifest
+        )
         _keep_previous(staged, state_dir)
-        for live, tmp in staged.paths.items():
-            os.replace(tmp, live)
-        for path in staged.plan.remove:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        for d in target_dirs(rendered):
-            _fsync_dir(d)
+        journal.store(state_dir)
     except OSError as exc:
+        discard(staged)
         raise PublishError(f"swap failed: {exc.strerror or exc} ({exc.filename})") from exc
     finally:
         for check in staged.checks:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(check)
-    return _write_manifest(
-        state_dir, {p: sha256(f.data) for p, f in rendered.files.items()}, counts
-    )
+    try:
+        _roll_forward(journal)
+        _store_manifest(state_dir, manifest)
+        _drop_journal(state_dir)
+    except (OSError, PublishError) as exc:
+        # renames may be half done: make it one whole generation again before reporting
+        with contextlib.suppress(PublishError):
+            recover(state_dir)
+        raise PublishError(f"swap failed: {exc}") from exc
+    return manifest
+
+
+def _forward_possible(journal: Journal) -> bool:
+    """Every changed file is either still staged with the new content or already live."""
+    for live, tmp in journal.renames.items():
+        want = journal.manifest.files.get(live)
+        for path in (tmp, live):
+            try:
+                if sha256(Path(path).read_bytes()) == want:
+                    break
+            except OSError:
+                continue
+        else:
+            return False
+    return True
+
+
+def _restore(index: dict[str, str | None], keep: Path) -> None:
+    """Put back the kept files named in ``index``; delete the paths that did not exist."""
+    for live, saved in index.items():
+        if saved is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(live)
+            continue
+        tmp = sibling(live, STAGE_SUFFIX)
+        shutil.copy2(keep / saved, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, live)
+    for d in sorted({os.path.dirname(p) for p in index}):
+        _fsync_dir(d)
+
+
+def recover(state_dir: Path) -> str | None:
+    """Finish or undo a swap that a crash interrupted, so exactly one complete generation is
+    live and the manifest names it. Call it before reading the live set: at startup and at the
+    start of every publish (before planning and before clean_leftovers, which would delete
+    the staged files a roll forward needs).
+
+    Returns None (nothing pending), ``"completed"`` (only the journal was left),
+    ``"rolled forward"`` (the staged files were still there: the new generation is live) or
+    ``"rolled back"`` (the previous generation is live again). Raises PublishError when the
+    file system refuses (then the journal stays for the next attempt).
+    """
+    try:
+        journal = Journal.load(state_dir)
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"swap journal unreadable: {exc}") from exc
+    if journal is None:
+        return None
+    try:
+        current = Manifest.load(state_dir)
+        if current is not None and (current.generation, current.files) == (
+            journal.manifest.generation,
+            journal.manifest.files,
+        ):
+            _drop_journal(state_dir)
+            return "completed"
+        if _forward_possible(journal):
+            _roll_forward(journal)
+            _store_manifest(state_dir, journal.manifest)
+            if journal.undo:
+                shutil.rmtree(state_dir / PREVIOUS, ignore_errors=True)
+            _drop_journal(state_dir)
+            return "rolled forward"
+        keep = state_dir / PREVIOUS
+        body = json.loads((keep / "index.json").read_text(encoding="utf-8"))
+        _restore(body["files"], keep)
+        for tmp in journal.renames.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        # the manifest is written after the last rename, so it still names the previous
+        # generation; the kept copy of it is rewritten only in case it was lost
+        if Manifest.load(state_dir) is None and body.get("manifest"):
+            old = body["manifest"]
+            _store_manifest(
+                state_dir,
+                Manifest(
+                    int(old["generation"]),
+                    dict(old["files"]),
+                    str(old["written_at"]),
+                    dict(old.get("counts", {})),
+                ),
+            )
+        shutil.rmtree(keep, ignore_errors=True)  # it now equals the live set
+        _drop_journal(state_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PublishError(f"recovery of an interrupted swap failed: {exc}") from exc
+    return "rolled back"
 
 
 def rollback(state_dir: Path) -> Manifest | None:
-    """Put back what the last swap replaced or removed (and delete what it created).
+    """Put back what the last swap replaced or removed (and delete what it created), as a new
+    generation. Journaled like a swap: a crash in the middle is finished by :func:`recover`.
 
     Returns the new manifest, or None when there is nothing to roll back to.
     """
@@ -528,22 +717,35 @@ def rollback(state_dir: Path) -> Manifest | None:
     except (OSError, ValueError):
         return None
     index: dict[str, str | None] = body["files"]
+    old = body.get("manifest")
+    manifest = _next_manifest(
+        state_dir,
+        dict(old["files"]) if old else {},
+        dict(old.get("counts", {})) if old else None,
+    )
+    if (state_dir / JOURNAL).exists():
+        raise PublishError(f"an interrupted swap is pending in {state_dir}: recover() first")
+    renames: dict[str, str] = {}
     try:
         for live, saved in index.items():
-            if saved is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(live)
-                continue
-            tmp = sibling(live, STAGE_SUFFIX)
-            shutil.copy2(keep / saved, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, live)
-        for d in sorted({os.path.dirname(p) for p in index}):
-            _fsync_dir(d)
+            if saved is not None:
+                tmp = sibling(live, STAGE_SUFFIX)
+                shutil.copy2(keep / saved, tmp)
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                renames[live] = tmp
+        gone = tuple(p for p, saved in index.items() if saved is None)
+        dirs = tuple(sorted({os.path.dirname(p) for p in index}))
+        journal = Journal(renames, gone, dirs, manifest, undo=True)
+        journal.store(state_dir)
+        _roll_forward(journal)
+        _store_manifest(state_dir, manifest)
+        shutil.rmtree(keep, ignore_errors=True)  # before the journal goes: see recover()
+        _drop_journal(state_dir)
     except OSError as exc:
+        if not (state_dir / JOURNAL).exists():
+            for tmp in renames.values():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         raise PublishError(f"rollback failed: {exc.strerror or exc} ({exc.filename})") from exc
-    shutil.rmtree(keep, ignore_errors=True)
-    old = body.get("manifest")
-    files = dict(old["files"]) if old else {}
-    return _write_manifest(state_dir, files, dict(old.get("counts", {})) if old else None)
+    return manifest

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,15 @@ from typing import Any, ClassVar, Self
 import pymysql
 from pymysql.constants import CLIENT
 
-__all__ = ["MariaDB", "Mosquitto", "ScratchDatabase", "TestbedError", "free_port"]
+__all__ = [
+    "GaleraCluster",
+    "GaleraNode",
+    "MariaDB",
+    "Mosquitto",
+    "ScratchDatabase",
+    "TestbedError",
+    "free_port",
+]
 
 #: Generous: a cold start on a loaded CI machine can take many seconds.
 START_TIMEOUT = 60.0
@@ -470,3 +479,310 @@ class Mosquitto:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --- a three-node Galera cluster ----------------------------------------------------------------
+
+GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
+#: Failure detection in seconds rather than the default 5-15 s, so tests that kill or freeze a
+#: node wait for the eviction briefly (keepalive <= check period <= suspect <= inactive).
+_EVS_TIMING = (
+    "evs.keepalive_period=PT0.3S; evs.inactive_check_period=PT0.3S; "
+    "evs.suspect_timeout=PT1.5S; evs.inactive_timeout=PT3S; evs.install_timeout=PT3S; "
+    "gmcast.peer_timeout=PT2S"
+)
+_RECOVERED = re.compile(r"WSREP: Recovered position: [0-9a-f-]+:(-?\d+)")
+
+
+def _chown_mysql(path: Path) -> None:
+    """Hand ``path`` to the ``mysql`` user the cluster's servers run as (when we are root)."""
+    if os.geteuid() != 0:
+        return
+    import pwd  # only here: the other servers never change user
+
+    user = pwd.getpwnam("mysql")
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+@dataclass
+class GaleraNode(MariaDB):
+    """One mariadbd of a :class:`GaleraCluster`, running as ``mysql`` (when started by root).
+
+    Only the seed node is initialised with mariadb-install-db; the others join with an empty
+    datadir and receive a full copy by rsync SST. ``stop(graceful=False)`` is a SIGKILL.
+    """
+
+    index: int = 0
+    gcomm_port: int = 0
+    ist_port: int = 0
+    sst_port: int = 0
+    cluster_name: str = "provhad"
+    peers: tuple[int, ...] = ()  # gcomm ports of all nodes (this one included)
+    new_cluster: bool = False  # the next start bootstraps a new Primary component
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("gcomm_port", "ist_port", "sst_port"):
+            if not getattr(self, name):
+                setattr(self, name, free_port())
+
+    @property
+    def cnf(self) -> Path:
+        return self.base / "my.cnf"
+
+    @property
+    def grastate(self) -> Path:
+        return self.datadir / "grastate.dat"
+
+    def _server_args(self) -> list[str]:
+        # A defaults file rather than --no-defaults: the SST script (run by mariadbd) reads
+        # the node's settings back from it with my_print_defaults.
+        return [f"--defaults-file={self.cnf}"]
+
+    def _write_cnf(self) -> None:
+        provider_options = (
+            f"base_port={self.gcomm_port}; gmcast.listen_addr=tcp://{self.host}:{self.gcomm_port}; "
+            f"ist.recv_addr={self.host}:{self.ist_port}; gcache.size=32M; {_EVS_TIMING}"
+        )
+        address = ",".join(f"{self.host}:{p}" for p in self.peers)
+        lines = [
+            "[mysqld]",
+            "user=mysql",
+            f"datadir={self.datadir}",
+            f"socket={self.socket}",
+            "innodb-buffer-pool-size=64M",
+            "innodb-log-file-size=16M",
+            "innodb-flush-log-at-trx-commit=2",
+            "innodb-doublewrite=0",
+            "innodb-autoextend-increment=8",
+            "innodb-use-native-aio=0",
+            "innodb-autoinc-lock-mode=2",
+            "default-storage-engine=InnoDB",
+            "binlog-format=ROW",
+            "skip-name-resolve",
+            "character-set-server=utf8mb4",
+            "wsrep-on=ON",
+            f"wsrep-provider={GALERA_PROVIDER}",
+            f"wsrep-cluster-name={self.cluster_name}",
+            f"wsrep-cluster-address=gcomm://{address}",
+            f"wsrep-node-name=node{self.index + 1}",
+            f"wsrep-node-address={self.host}",
+            f'wsrep-provider-options="{provider_options}"',
+            "wsrep-sst-method=rsync",
+            f"wsrep-sst-receive-address={self.host}:{self.sst_port}",
+            "wsrep-slave-threads=2",
+        ]
+        self.cnf.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        """Start this node (bootstrapping a new cluster if ``new_cluster``); wait until Synced."""
+        if self.running:
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._write_cnf()
+        self.extra_args = ("--wsrep-new-cluster",) if self.new_cluster else ()
+        if not (self.datadir / "mysql").is_dir():
+            if self.new_cluster:
+                self._install_db()
+            else:
+                self.datadir.mkdir(exist_ok=True)  # filled by SST from a donor
+        _chown_mysql(self.base)
+        self._launch()
+        self.new_cluster = False
+
+    def _install_db(self) -> None:
+        log = self.base / "install.log"
+        with log.open("wb") as out:
+            rc = subprocess.call(
+                [
+                    _executable("mariadb-install-db"),
+                    "--no-defaults",
+                    f"--datadir={self.datadir}",
+                    "--user=mysql",
+                    "--innodb-log-file-size=16M",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                timeout=START_TIMEOUT,
+            )
+        if rc != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            raise TestbedError(f"mariadb-install-db failed ({rc}):\n{_tail(log)}")
+
+    def _accepts(self) -> bool:
+        """Ready means Synced in the Primary component, not merely answering."""
+        try:
+            return self.health() == ("ON", "Primary", "Synced")
+        except pymysql.err.MySQLError:
+            return False
+
+    def health(self) -> tuple[str, str, str]:
+        """(wsrep_ready, wsrep_cluster_status, wsrep_local_state_comment) as the node says."""
+        with self.admin(connect_timeout=1, read_timeout=2) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN"
+                " ('wsrep_ready', 'wsrep_cluster_status', 'wsrep_local_state_comment')"
+            )
+            status = {str(k): str(v) for k, v in cur.fetchall()}
+        return (
+            status.get("wsrep_ready", ""),
+            status.get("wsrep_cluster_status", ""),
+            status.get("wsrep_local_state_comment", ""),
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash or a power loss of this node."""
+        self.stop(graceful=False)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None:
+            raise TestbedError(f"node{self.index + 1} is not running")
+        os.killpg(self._proc.pid, sig)
+
+    def sigstop(self) -> None:
+        """Freeze the node: it keeps its sockets but answers nothing (a hung host)."""
+        self._signal(signal.SIGSTOP)
+
+    def sigcont(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def isolate(self, on: bool = True) -> None:
+        """Cut this (running) node off the group traffic: it becomes non-Primary but answers."""
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute(f"SET GLOBAL wsrep_provider_options = 'gmcast.isolate={int(on)}'")
+
+    def recovered_seqno(self) -> int:
+        """The last committed seqno, recovered from InnoDB of a stopped node."""
+        log = self.base / "recover.log"
+        log.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                _executable("mariadbd"),
+                *self._server_args(),
+                "--wsrep-recover",
+                f"--log-error={log}",
+                f"--pid-file={self.base / 'recover.pid'}",
+                "--skip-networking",
+                f"--socket={self.base / 'recover.sock'}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        found = _RECOVERED.findall(log.read_text(errors="replace")) if log.exists() else []
+        return int(found[-1]) if found else -1
+
+    def mark_safe_to_bootstrap(self) -> None:
+        """What an operator does after a full-cluster crash on the most advanced node."""
+        text = self.grastate.read_text()
+        self.grastate.write_text(re.sub(r"safe_to_bootstrap:\s*\d", "safe_to_bootstrap: 1", text))
+
+
+class GaleraCluster:
+    """Three (``size``) Galera nodes on 127.0.0.1, each with its own SQL, gcomm, IST and SST
+    port, running as ``mysql``; ``base`` None makes a fresh directory under the system temp
+    dir (pytest's are private to root, and mysql must traverse to its datadir), removed by
+    ``close()``.
+    """
+
+    def __init__(self, base: Path | None = None, size: int = 3) -> None:
+        self._own_base = base is None
+        self.base = Path(tempfile.mkdtemp(prefix="provhad-galera-")) if base is None else base
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        gcomm = tuple(free_port() for _ in range(size))
+        name = f"provhad-{secrets.token_hex(4)}"
+        self.nodes = [
+            GaleraNode(
+                self.base / f"n{i + 1}",
+                port=free_port(),
+                index=i,
+                gcomm_port=gcomm[i],
+                cluster_name=name,
+                peers=gcomm,
+            )
+            for i in range(size)
+        ]
+
+    def __getitem__(self, index: int) -> GaleraNode:
+        return self.nodes[index]
+
+    def start(self) -> None:
+        """Bootstrap the first node, then join the others one by one (one SST at a time)."""
+        self.nodes[0].new_cluster = True
+        for node in self.nodes:
+            node.start()
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """``host:port`` of every node, for ``[database] hosts``."""
+        return tuple(f"{n.host}:{n.port}" for n in self.nodes)
+
+    def wait_size(self, size: int, timeout: float = START_TIMEOUT) -> None:
+        """Until every running node is Synced in a Primary component of ``size`` nodes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sizes = []
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                try:
+                    with node.admin(connect_timeout=1, read_timeout=2) as c, c.cursor() as cur:
+                        cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_cluster_size'")
+                        row = cur.fetchone()
+                    sizes.append(int(row[1]) if row and node._accepts() else -1)
+                except pymysql.err.MySQLError:
+                    sizes.append(-1)
+            if sizes and all(s == size for s in sizes):
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"cluster not at {size} synced nodes: {sizes}")
+            time.sleep(_POLL_INTERVAL)
+
+    def kill_all(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def rebootstrap(self) -> GaleraNode:
+        """After every node died: bootstrap from the most advanced one (recovered seqno, as
+        an operator would), mark it safe_to_bootstrap, then let the others rejoin."""
+        if any(n.running for n in self.nodes):
+            raise TestbedError("rebootstrap needs every node stopped")
+        seqnos = [n.recovered_seqno() for n in self.nodes]
+        seed = self.nodes[seqnos.index(max(seqnos))]
+        seed.mark_safe_to_bootstrap()
+        seed.new_cluster = True
+        seed.start()
+        for node in self.nodes:
+            node.start()
+        return seed
+
+    def close(self) -> None:
+        """Stop every node (SIGCONT first: a frozen one cannot shut down)."""
+        for node in reversed(self.nodes):
+            if node.running:
+                with contextlib.suppress(ProcessLookupError, TestbedError):
+                    node.sigcont()
+                node.stop()
+        if self._own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,263 @@
+"""provhad against a real three-node Galera cluster (provhad.testbed.GaleraCluster): causal
+reads, healthy nodes only, node loss, a frozen node, a non-Primary node, a full outage with a
+re-bootstrap, and connections recycled before the server's wait_timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiomysql
+import pymysql
+import pytest
+
+from provhad import config, cycle, db
+from provhad.render import HostFacts
+from provhad.snapshot import Snapshot
+from provhad.testbed import GaleraCluster, GaleraNode, ScratchDatabase
+from tests import rows
+from tests.test_cli_render import seed_small
+
+FACTS = HostFacts(dt.datetime(2026, 1, 15, tzinfo=dt.UTC), "nmsslave.nmsprime.test", None)
+#: bounds every wait for the cluster or provhad to catch up
+DEADLINE = 60.0
+_ids = itertools.count(120000)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[GaleraCluster]:
+    with GaleraCluster() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def galera_db(cluster: GaleraCluster, schema_sql: Path) -> Iterator[ScratchDatabase]:
+    """The schema and a SELECT-only user, created on node 1 and replicated cluster-wide."""
+    with cluster[0].scratch(schema_sql, prefix="galera") as d:
+        seed_small(d)
+        yield d
+
+
+@pytest.fixture(autouse=True)
+def whole_cluster(cluster: GaleraCluster) -> Iterator[None]:
+    """Every test starts and leaves with three synced nodes, whatever it broke."""
+    cluster.wait_size(3)
+    yield
+    for node in cluster.nodes:
+        if node.running:
+            node.sigcont()
+    for node in cluster.nodes:
+        if not node.running:
+            node.start()
+    cluster.wait_size(3)
+
+
+def db_cfg(
+    cluster: GaleraCluster, d: ScratchDatabase, order: tuple[int, ...] = (0, 1, 2)
+) -> config.DatabaseConfig:
+    return config.DatabaseConfig(
+        hosts=tuple(cluster.hosts[i] for i in order),
+        user=d.ro_user,
+        password=d.ro_password,
+        name=d.name,
+        connect_timeout=1,
+    )
+
+
+def add_modem(node: GaleraNode, d: ScratchDatabase) -> str:
+    """Commit a new modem on ``node``; its hostname once the commit is acknowledged."""
+    mid = next(_ids)
+    row = rows.modem(mid, f"02:00:00:00:{mid >> 8 & 255:02x}:{mid & 255:02x}")
+    with node.admin(d.name) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO modem (id, hostname, mac, public, internet_access) VALUES (%s, %s, %s,"
+            " %s, %s)",
+            (row["id"], row["hostname"], row["mac"], row["public"], row["internet_access"]),
+        )
+    return str(row["hostname"])
+
+
+def hostnames(snap: Snapshot) -> set[str]:
+    return {str(m["hostname"]) for m in snap.modem}
+
+
+async def until_changed(w: db.Watcher, errors: list[str] | None = None) -> list[str]:
+    """Poll like the daemon does (errors are its cue to retry) until a change is reported."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            changed = await w.changed()
+        except db.DatabaseError as exc:
+            if errors is not None:
+                errors.append(str(exc))
+            changed = []
+        if changed:
+            return changed
+        await asyncio.sleep(0.2)  # the daemon's poll interval
+    raise AssertionError(f"no change reported within {DEADLINE} s; errors: {errors}")
+
+
+@pytest.fixture
+async def watcher(cluster: GaleraCluster, galera_db: ScratchDatabase) -> AsyncIterator[db.Watcher]:
+    w = db.Watcher(db_cfg(cluster, galera_db))
+    await w.changed()
+    yield w
+    w.close()
+
+
+async def test_change_on_another_node_is_seen_at_once(
+    cluster: GaleraCluster, galera_db: ScratchDatabase, watcher: db.Watcher
+) -> None:
+    assert watcher.node == cluster.hosts[0]
+    for writer in (cluster[1], cluster[2]):
+        name = add_modem(writer, galera_db)
+        # no retry, no wait: the read on node 1 waits for what node 2/3 committed
+        assert await watcher.changed() == ["modem"]
+        snap = await db.read_snapshot(db_cfg(cluster, galera_db))
+        assert snap.node == cluster.hosts[0] and name in hostnames(snap)
+        assert await watcher.changed() == []
+
+
+async def test_kill_the_reading_node_repeatedly(
+    cluster: GaleraCluster, galera_db: ScratchDatabase, watcher: db.Watcher, tmp_path: Path
+) -> None:
+    """Kill -9 the node provhad reads from while changes land on the others, five times: every
+    change arrives, and no set published after a change was acknowledged lacks it."""
+    cfg = config.Config(own_state="slave").with_root(tmp_path)
+    cfg = dataclasses.replace(cfg, database=db_cfg(cluster, galera_db))
+    acknowledged: list[str] = []
+    errors: list[str] = []
+    for round_ in range(5):
+        reader = cluster.hosts.index(watcher.node)
+        others = [n for n in cluster.nodes if n.index != reader]
+        acknowledged.append(add_modem(others[0], galera_db))
+        cluster[reader].kill()
+        # lands while the survivors are still evicting the dead node (the commit waits for it)
+        acknowledged.append(add_modem(others[1], galera_db))
+        acknowledged.append(add_modem(others[0], galera_db))
+        assert await until_changed(watcher, errors) == ["modem"]
+        assert watcher.node != cluster.hosts[reader]
+        snap = await db.read_snapshot(cfg.database)
+        assert snap.node != cluster.hosts[reader]
+        assert set(acknowledged) <= hostnames(snap), f"round {round_}: stale snapshot"
+        result = cycle.apply(cfg, snap, FACTS)
+        assert result.ok, result.error
+        hosts = (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
+        assert all(name in hosts for name in acknowledged), f"round {round_}: stale set"
+        cluster[reader].start()
+        cluster.wait_size(3)
+        assert await watcher.changed() == []  # the rejoin itself is no change
+    assert errors, "the watcher never noticed its node die"
+
+
+async def test_frozen_node_is_skipped(
+    cluster: GaleraCluster,
+    galera_db: ScratchDatabase,
+    watcher: db.Watcher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGSTOP: the node keeps its sockets but answers nothing and drops out of the Primary
+    component; connect_timeout and the statement deadline bound the wait for it."""
+    monkeypatch.setattr(db, "MIN_QUERY_TIMEOUT", 3.0)
+    cfg = db_cfg(cluster, galera_db)
+    w = db.Watcher(cfg)
+    await w.changed()
+    assert w.node == cluster.hosts[0]
+    cluster[0].sigstop()
+    name = add_modem(cluster[1], galera_db)  # acknowledged once node 1 is evicted
+    started = time.monotonic()
+    errors: list[str] = []
+    assert await until_changed(w, errors) == ["modem"]
+    assert w.node == cluster.hosts[1]
+    assert any("no answer within 3 s" in e for e in errors), errors
+    assert time.monotonic() - started < 3 + 1 + 5  # statement deadline, connect, slack
+    snap = await db.read_snapshot(cfg)
+    assert snap.node == cluster.hosts[1] and name in hostnames(snap)
+    w.close()
+    cluster[0].sigcont()
+    cluster.wait_size(3)  # it rejoins by itself once it runs again
+
+
+async def test_non_primary_node_is_unfit(
+    cluster: GaleraCluster, galera_db: ScratchDatabase, watcher: db.Watcher
+) -> None:
+    """A node that answers but is cut off from the cluster (non-Primary) is not read from."""
+    cluster[0].isolate()
+    deadline = time.monotonic() + DEADLINE
+    while cluster[0].health()[1] == "Primary":
+        assert time.monotonic() < deadline, "node 1 stayed Primary"
+        await asyncio.sleep(0.05)
+    node = db.nodes(db_cfg(cluster, galera_db))[0]
+    conn = await db.connect(db_cfg(cluster, galera_db), node)
+    try:
+        assert await db.node_health(conn) == "not in the Primary component (non-Primary)"
+    finally:
+        conn.close()
+    name = add_modem(cluster[2], galera_db)
+    with pytest.raises(db.DatabaseError, match=r"not in the Primary component"):
+        await watcher.changed()
+    assert await watcher.changed() == ["modem"] and watcher.node == cluster.hosts[1]
+    snap = await db.read_snapshot(db_cfg(cluster, galera_db))
+    assert snap.node == cluster.hosts[1] and name in hostnames(snap)
+    cluster[0].isolate(False)
+    cluster.wait_size(3)
+
+
+async def test_whole_cluster_down_and_rebootstrapped(
+    cluster: GaleraCluster, galera_db: ScratchDatabase, watcher: db.Watcher
+) -> None:
+    """Kill every node, re-bootstrap from the most advanced one: provhad reports the outage,
+    then catches up by itself without missing what changed before and after it."""
+    before = add_modem(cluster[1], galera_db)  # committed, but provhad has not polled yet
+    cluster.kill_all()
+    with pytest.raises(db.DatabaseError):
+        await watcher.changed()
+    with pytest.raises(db.DatabaseError, match="no database node delivered a snapshot") as exc:
+        await db.read_snapshot(db_cfg(cluster, galera_db))
+    assert all(h in str(exc.value) for h in cluster.hosts)
+    with pytest.raises(db.DatabaseError, match="no healthy database node"):
+        await watcher.changed()
+    cluster.rebootstrap()
+    cluster.wait_size(3)
+    after = add_modem(cluster[2], galera_db)
+    # the fingerprints survived the outage: only the table that changed is reported
+    assert await until_changed(watcher) == ["modem"]
+    snap = await db.read_snapshot(db_cfg(cluster, galera_db))
+    assert {before, after} <= hostnames(snap)
+    assert await watcher.changed() == []
+
+
+async def test_connection_recycled_before_wait_timeout(
+    cluster: GaleraCluster, galera_db: ScratchDatabase
+) -> None:
+    """An idle watcher connection is replaced before the server would drop it."""
+    node = cluster[0]
+    with node.admin() as conn, conn.cursor() as cur:
+        cur.execute("SET GLOBAL wait_timeout = 3")
+    try:
+        cfg = db_cfg(cluster, galera_db, order=(0,))
+        w = db.Watcher(cfg)
+        await w.changed()
+        assert w.max_age == pytest.approx(1.5)
+        first = w.conn
+        control = await aiomysql.connect(
+            host=node.host, port=node.port, user=cfg.user, password=cfg.password, db=cfg.name
+        )
+        # idle past the server's wait_timeout (time passing is what is tested here)
+        await asyncio.sleep(4)
+        with pytest.raises(pymysql.err.OperationalError):
+            async with control.cursor() as cur:
+                await cur.execute("SELECT 1")
+        control.close()
+        add_modem(cluster[1], galera_db)
+        assert await w.changed() == ["modem"]  # no error: a fresh connection was used
+        assert w.conn is not first
+        w.close()
+    finally:
+        with node.admin() as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL wait_timeout = DEFAULT")
