@@ -1,0 +1,1 @@
+"""The multi-host HA lab: real dhcpd failover peers in network namespaces."""

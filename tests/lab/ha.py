@@ -1,0 +1,342 @@
+"""The HA lab's nodes: the lab database, the master's dhcpd, the slave's provhad + dhcpd, TFTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provhad.testbed import ScratchDatabase
+from tests.daemon_lab import NotifySocket
+from tests.lab.netlab import MASTER_IP, SLAVE_IP, Topology, ip
+from tests.lab.relay import Client
+from tests.rows import modem, pool, provbase, provha
+
+REPO = Path(__file__).resolve().parents[2]
+DHCP_DIR = "etc/dhcp-nmsprime"
+CMTS_ID = 1
+#: giaddr per device class, as a CMTS with cable helper-address per class sends them
+GI_CM, GI_CPE, GI_MTA = "10.0.0.1", "100.64.0.1", "100.96.0.1"
+CHANGED_DNS = "192.0.2.53"  # the CPE pool's DNS server after the change in the database
+FAILOVER = re.compile(r"failover peer \S+: I move from (\S+) to (\S+)")
+
+
+class LogWatch:
+    """A growing log file, read from a mark on; waits are bounded and fail with the tail."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def text(self) -> str:
+        return self.path.read_text(errors="replace") if self.path.exists() else ""
+
+    def mark(self) -> int:
+        return len(self.text())
+
+    def wait(self, pattern: str, since: int = 0, timeout: float = 60.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(self.text(), since)
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                tail = "\n".join(self.text()[since:].splitlines()[-25:])
+                raise AssertionError(f"{self.path.name}: no /{pattern}/ in {timeout} s:\n{tail}")
+            time.sleep(0.05)  # polling a log file for a line; bounded by the deadline
+
+    def wait_count(
+        self, pattern: str, count: int, since: int = 0, timeout: float = 60.0
+    ) -> list[re.Match[str]]:
+        """Wait until ``pattern`` occurs ``count`` times after ``since``; returns the matches."""
+        deadline = time.monotonic() + timeout
+        while len(found := list(re.finditer(pattern, self.text()[since:]))) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.path.name}: {len(found)} of {count} /{pattern}/")
+            time.sleep(0.05)  # polling a log file; bounded by the deadline
+        return found
+
+    def states(self) -> list[str]:
+        """Failover states this dhcpd moved to, in order."""
+        return [m.group(2) for m in FAILOVER.finditer(self.text())]
+
+
+def lease_states(path: Path) -> Counter[str]:
+    """Binding states in a dhcpd lease file (the last record of each address wins)."""
+    latest: dict[str, str] = {}
+    text = path.read_text(errors="replace") if path.exists() else ""
+    for block in re.finditer(r"^lease (\S+) \{(.*?)^\}", text, re.S | re.M):
+        state = re.search(r"^\s*binding state (\S+);", block.group(2), re.M)
+        if state:
+            latest[block.group(1)] = state.group(1)
+    return Counter(latest.values())
+
+
+def insert(db: ScratchDatabase, table: str, row: dict[str, object]) -> None:
+    cols = ", ".join(f"`{c}`" for c in row)
+    marks = ", ".join(["%s"] * len(row))
+    with db.admin.cursor() as cur:
+        cur.execute(f"INSERT INTO `{table}` ({cols}) VALUES ({marks})", list(row.values()))
+
+
+def seed(db: ScratchDatabase, modems: int, mtas: int) -> list[Client]:
+    """The lab network: one CMTS with a CM, a CPE and an MTA pool; returns the clients."""
+    insert(db, "provha", provha())
+    insert(db, "provbase", provbase())
+    insert(db, "provvoip", {"id": 1, "mta_domain": "mta.nmsprime.test"})
+    insert(db, "netgw", {"id": CMTS_ID, "hostname": "cmts-lab", "type": "cmts"})
+    no_dns = {"dns1_ip": None}  # the global option (own node first) applies
+    for row in (
+        pool(1, CMTS_ID, "CM", "10.0.0.0", "/24", "10.0.0.10", "10.0.0.250", GI_CM, **no_dns),
+        pool(
+            2,
+            CMTS_ID,
+            "CPEPriv",
+            "100.64.0.0",
+            "/24",
+            "100.64.0.10",
+            "100.64.0.250",
+            GI_CPE,
+            **no_dns,
+        ),
+        pool(
+            3, CMTS_ID, "MTA", "100.96.0.0", "/24", "100.96.0.10", "100.96.0.250", GI_MTA, **no_dns
+        ),
+    ):
+        insert(db, "ippool", row)
+    clients: list[Client] = []
+    for i in range(modems):
+        cm_mac = f"00:10:18:00:{i // 256:02x}:{i % 256:02x}"
+        insert(db, "modem", modem(100000 + i, cm_mac))
+        clients.append(Client(f"cm-{100000 + i}", "cm", cm_mac, cm_mac, GI_CM, "docsis3.0"))
+        clients.append(
+            Client(f"cpe-{i}", "cpe", f"00:e0:4c:01:{i // 256:02x}:{i % 256:02x}", cm_mac, GI_CPE)
+        )
+        if i < mtas:
+            mta_mac = f"00:15:ce:02:{i // 256:02x}:{i % 256:02x}"
+            insert(db, "mta", {"id": 300000 + i, "modem_id": 100000 + i, "mac": mta_mac})
+            clients.append(Client(f"mta-{300000 + i}", "mta", mta_mac, cm_mac, GI_MTA, "pktc"))
+    return clients
+
+
+def configfiles(root: Path, clients: list[Client]) -> None:
+    """cm/cm-<id>.cfg and mta/mta-<id>.cfg under ROOT/tftpboot, readable by in.tftpd's user."""
+    for sub in ("cm", "mta"):
+        (root / "tftpboot" / sub).mkdir(parents=True, exist_ok=True)
+    for c in clients:
+        if c.kind in ("cm", "mta"):
+            path = root / "tftpboot" / c.kind / f"{c.name}.cfg"
+            # more than one 512-byte TFTP block
+            path.write_bytes(f"# DOCSIS config of {c.name}\n".encode() * 40)
+    for d in (root, root / "tftpboot", *(root / "tftpboot").iterdir()):
+        d.chmod(0o755)
+    for f in (root / "tftpboot").rglob("*.cfg"):
+        f.chmod(0o644)
+
+
+def config_text(db: ScratchDatabase, role: str, root: Path, extra: str = "") -> str:
+    return f"""
+[database]
+hosts = ["{db.host}:{db.port}"]
+user = "{db.ro_user}"
+password = "{db.ro_password}"
+name = "{db.name}"
+connect_timeout = 2
+
+[provha]
+own_state = "{role}"
+
+[paths]
+root = "{root}"
+
+[render]
+fqdn = "nms{role}.nmsprime.test"
+{extra}
+"""
+
+
+@dataclass
+class HALab:
+    """Both provisioning nodes of the lab on a ``Topology``."""
+
+    tmp: Path
+    net: Topology
+    db: ScratchDatabase
+    clients: list[Client] = field(default_factory=list)
+    master_proc: subprocess.Popen[bytes] | None = None
+    daemon: subprocess.Popen[bytes] | None = None
+    notify: NotifySocket = field(init=False)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.master_root = self.tmp / "master"
+        self.slave_root = self.tmp / "slave"
+        for root in (self.master_root, self.slave_root):
+            (root / "var/lib/dhcp").mkdir(parents=True, exist_ok=True)
+            (root / "var/lib/dhcp/dhcpd.leases").touch()
+        self.master_log = LogWatch(self.tmp / "master-dhcpd.log")
+        self.slave_log = LogWatch(self.tmp / "slave-dhcpd.log")
+        self.notify = NotifySocket(self.tmp / "notify.sock")
+
+    def dhcp_file(self, node: str, name: str) -> Path:
+        return (self.master_root if node == "master" else self.slave_root) / DHCP_DIR / name
+
+    def dhcpd_argv(self, root: Path) -> list[str]:
+        return [
+            "dhcpd", "-f", "-d", "-4",
+            "-cf", str(root / DHCP_DIR / "dhcpd.conf"),
+            "-lf", str(root / "var/lib/dhcp/dhcpd.leases"),
+            "-pf", str(root / "var/lib/dhcp/dhcpd.pid"),
+            "eth0",
+        ]  # fmt: skip
+
+    def wait_balanced(
+        self, since: int, pools: int, share: float = 1.0, timeout: float = 60.0
+    ) -> int:
+        """Wait until the slave holds ``share`` of the backup leases the master's pool balancing
+        gave it (the master's "balanced pool" lines after ``since``); returns how many."""
+        lines = self.master_log.wait_count(r"balanced pool .* backup (\d+)", pools, since, timeout)
+        want = int(share * sum(int(m.group(1)) for m in lines[-pools:]))
+        leases = self.slave_root / "var/lib/dhcp/dhcpd.leases"
+        deadline = time.monotonic() + timeout
+        while (have := lease_states(leases)["backup"]) < want:
+            assert time.monotonic() < deadline, f"slave has {have} of {want} backup leases"
+            time.sleep(0.05)  # polling the slave's lease file; bounded by the deadline
+        return want
+
+    # --- master ---
+
+    def render_master(self) -> str:
+        conf = self.tmp / "master.toml"
+        conf.write_text(config_text(self.db, "master", self.master_root))
+        proc = subprocess.run(
+            [sys.executable, "-m", "provhad.cli", "render", "--config", str(conf)],
+            capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def start_master(self) -> int:
+        """Start the master's dhcpd; returns the log mark it starts at."""
+        mark = self.master_log.mark()
+        with self.master_log.path.open("ab") as log:
+            log.write(f"=== start at {time.monotonic() - self.started:.2f}\n".encode())
+            log.flush()
+            self.master_proc = subprocess.Popen(
+                self.net.exec_argv("master", *self.dhcpd_argv(self.master_root)),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return mark
+
+    def cut_master(self, up: bool) -> None:
+        """Unplug (or plug in) the master's cable: packets are lost, no connection closes."""
+        ip("link", "set", "p-master", "up" if up else "down", ns=self.net.ns("sw"))
+
+    def kill_master(self) -> None:
+        """The master dies (SIGKILL, no goodbye to its peer)."""
+        assert self.master_proc is not None
+        self.master_proc.send_signal(signal.SIGKILL)
+        self.master_proc.wait(timeout=30)
+
+    # --- slave ---
+
+    def slave_scripts(self) -> tuple[Path, Path]:
+        pidfile = self.slave_root / "var/lib/dhcp/dhcpd.pid"
+        restart, check = self.tmp / "slave-restart.sh", self.tmp / "slave-check.sh"
+        argv = " ".join(self.net.exec_argv("slave", *self.dhcpd_argv(self.slave_root)))
+        restart.write_text(f"""#!/bin/sh
+# restart the slave's dhcpd in the slave namespace (what systemctl restart does on the host)
+PF={pidfile}
+if [ -s "$PF" ]; then
+  pid=$(cat "$PF")
+  kill "$pid" 2>/dev/null
+  i=0
+  while kill -0 "$pid" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -eq 100 ] && kill -9 "$pid"
+    [ $i -gt 200 ] && exit 1
+    sleep 0.05
+  done
+fi
+echo "=== restart by provhad" >> {self.slave_log.path}
+setsid {argv} < /dev/null >> {self.slave_log.path} 2>&1 &
+echo $! > "$PF"
+""")
+        check.write_text(f'#!/bin/sh\nkill -0 "$(cat {pidfile})" 2>/dev/null\n')
+        for script in (restart, check):
+            script.chmod(0o755)
+        return restart, check
+
+    def start_daemon(self) -> None:
+        restart, check = self.slave_scripts()
+        conf = self.tmp / "slave.toml"
+        conf.write_text(
+            config_text(self.db, "slave", self.slave_root)
+            + f"""
+[watch]
+poll_interval = 0.2
+quiet_period = 0.3
+max_delay = 3
+min_restart_interval = 0
+
+[safety]
+max_shrink_percent = 100
+
+[dhcpd]
+restart_command = ["{restart}"]
+check_command = ["{check}"]
+check_attempts = 3
+check_interval = 0.3
+"""
+        )
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        env["NOTIFY_SOCKET"] = str(self.notify.path)
+        with (self.tmp / "provhad.log").open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "provhad.cli", "run", "--config", str(conf), "--log",
+                 "plain"],
+                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def daemon_alive(self) -> bool:
+        return self.daemon is not None and self.daemon.poll() is None
+
+    def wait_status(self, text: str, timeout: float = 90) -> str:
+        return self.notify.wait_status(text, timeout, self.daemon_alive)
+
+    def sql(self, statement: str, *args: object) -> None:
+        with self.db.admin.cursor() as cur:
+            cur.execute(statement, args)
+
+    def start_tftpd(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.net.exec_argv("slave", "in.tftpd", "-L", "-u", "nobody", "-a", f"{SLAVE_IP}:69",
+                               "-s", self.slave_root / "tftpboot"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=(self.tmp / "tftpd.log").open("ab"), start_new_session=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop provhad (SIGTERM, then SIGKILL); the namespaces' processes die with them."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        if self.master_proc is not None and self.master_proc.poll() is None:
+            self.master_proc.kill()
+            self.master_proc.wait()
+        self.notify.close()
+
+
+__all__ = ["GI_CM", "GI_CPE", "GI_MTA", "MASTER_IP", "SLAVE_IP", "HALab", "LogWatch"]
