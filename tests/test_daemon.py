@@ -16,7 +16,7 @@ import pytest
 
 from provhad import publish
 from provhad.daemon import next_offset_change
-from provhad.testbed import ScratchDatabase
+from provhad.testbed import MariaDB, ScratchDatabase
 from tests.daemon_lab import REPO, DaemonLab, Gate
 from tests.test_cli_render import seed_small
 
@@ -441,3 +441,28 @@ async def test_timers_fire_dst_periodic_and_restart(tmp_path: Path) -> None:
     assert daemon.dst_due is None and daemon.periodic_due is None and daemon.restart_due is None
     daemon.want("mqtt", "x")
     assert await daemon.next_trigger() == Trigger("mqtt", "x")
+
+
+def test_database_outage_later_degrades_then_recovers(lab: DaemonLab, mariadb: MariaDB) -> None:
+    lab.configure()
+    lab.start(env={"WATCHDOG_USEC": "400000"})
+    lab.wait(lambda m: m.get("READY") == "1")
+    mariadb.stop()
+    try:
+        status = lab.wait_status("db DOWN")
+        assert "live gen 1" in status  # the live set is kept
+        assert "cm-100000" in lab.file("modems-host.conf")
+        # the loop still runs: the watchdog keeps being fed during the outage
+        lab.wait(lambda m: m.get("WATCHDOG") == "1", timeout=10)
+        lab.wait(lambda m: m.get("WATCHDOG") == "1", timeout=10)
+        assert lab.alive()
+    finally:
+        mariadb.start()
+    lab.db.admin.ping(reconnect=True)
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100079, 'cm-100079', '00:11:22:33:44:79')"
+    )
+    status = lab.wait_status("live gen 2")
+    assert "db 127.0.0.1" in status and "ok" in status
+    assert "cm-100079" in lab.file("modems-host.conf")
+    assert lab.stop() == 0
