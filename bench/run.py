@@ -17,19 +17,18 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from provhad import config, db, sample
-from provhad.testbed import MariaDB, Mosquitto
+from provhad.testbed import MariaDB, Mosquitto, NotifyListener
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -156,33 +155,10 @@ def measure_size(base: Path, modems: int, repeats: int) -> dict[str, Any]:
 # --- the daemon under load ---------------------------------------------------------------------
 
 
-class Notify:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-
-    last_status = ""
-
-    def wait(self, pred: Callable[[dict[str, str]], bool], timeout: float = 120) -> float:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                break
-            fields = dict(ln.split("=", 1) for ln in data.splitlines() if "=" in ln)
-            self.last_status = fields.get("STATUS", self.last_status)
-            if pred(fields):
-                return time.monotonic()
-        raise RuntimeError("the daemon did not report in time")
-
-
 @contextmanager
 def daemon(
     base: Path, server: MariaDB, extra: str
-) -> Iterator[tuple[Notify, Path, subprocess.Popen[bytes]]]:
+) -> Iterator[tuple[NotifyListener, Path, subprocess.Popen[bytes]]]:
     root = base / "droot"
     shutil.rmtree(root, ignore_errors=True)
     restarts = base / "restarts.log"
@@ -201,7 +177,7 @@ def daemon(
     )
     sock = base / "notify.sock"
     sock.unlink(missing_ok=True)
-    notify = Notify(sock)
+    notify = NotifyListener(sock)
     env = dict(os.environ, NOTIFY_SOCKET=str(sock))
     env.pop("JOURNAL_STREAM", None)
     proc = subprocess.Popen(
@@ -266,8 +242,8 @@ def latency(
                 from provhad import mqtt as mq
 
                 asyncio.run(mq.trigger(config.MqttConfig(host=mqtt.host, port=mqtt.port)))
-            t1 = notify.wait(lambda m, g=gen: f"live gen {g}," in m.get("STATUS", ""))  # type: ignore[misc]
-            live.append(t1 - t0)
+            notify.wait(lambda m, g=gen: f"live gen {g}," in m.get("STATUS", ""), 120)  # type: ignore[misc]
+            live.append(time.monotonic() - t0)
             last = float(restarts.read_text().split()[-1])
             restart.append(last - wall0)
         # no-op cycles: forced rebuilds with nothing changed
@@ -311,7 +287,7 @@ def burst(
             commits.append(time.time())
         t_last = time.monotonic()
         # the last change is live once a generation's status appears after it
-        done = notify.wait(
+        notify.wait(
             lambda m: (
                 "live gen" in m.get("STATUS", "")
                 and "restart pending" not in m.get("STATUS", "x")
@@ -319,6 +295,7 @@ def burst(
             ),
             timeout=300,
         )
+        done = time.monotonic()
         gens.append((done, 0))
         manifest = json.loads((base / "droot/var/lib/provhad/manifest.json").read_text())
         restart_times = [float(x) for x in restarts.read_text().split()]
@@ -408,7 +385,9 @@ def flatten(r: dict[str, Any]) -> dict[str, Any]:
 
     burst_r = r["burst"]
     lp, lm = r["latency_poll"], r["latency_mqtt"]
-    up_lat = upstream_latency(max(per_size("rebuild_s", up=True).values()), lp["n"])
+    # latency runs on the smallest network: upstream's rebuild time at that size
+    smallest = min(sizes, key=int)
+    up_lat = upstream_latency(per_size("rebuild_s", up=True)[smallest], lp["n"])
     return {
         "rebuild_s": per_size("rebuild_s"),
         "validate_s": per_size("validate_s"),

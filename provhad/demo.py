@@ -16,15 +16,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from provhad import cli, sample
-from provhad.testbed import MariaDB
+from provhad.testbed import MariaDB, NotifyListener
 
 SCHEMA = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "schema.sql"
 
@@ -44,28 +42,6 @@ def _tftp_files(db: MariaDB, name: str, tftp: Path, leave_out: int) -> None:
         (tftp / "mta" / f"mta-{mta}.cfg").write_bytes(b"")
 
 
-class _Notify:
-    """Stands in for systemd's notify socket, so the demo knows when a cycle is done."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-
-    def wait(self, key: str, contains: str = "", timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536).decode()
-            except TimeoutError:
-                break
-            fields = dict(ln.split("=", 1) for ln in data.splitlines() if "=" in ln)
-            if key in fields and contains in fields.get("STATUS", contains):
-                return fields.get("STATUS", "")
-        raise SystemExit(f"demo: the daemon did not report {key} {contains!r} in time")
-
-
 def _daemon(db: MariaDB, config: Path, root: Path, work: Path) -> int:
     """provhad run with scripted database changes; each rebuild shows in its log."""
     conf = root / "etc/dhcp-nmsprime/dhcpd.conf"
@@ -76,7 +52,7 @@ def _daemon(db: MariaDB, config: Path, root: Path, work: Path) -> int:
             f'restart_command = ["sh", "-c", "dhcpd -t -cf {conf} >/dev/null 2>&1"]\n'
             'check_command = ["true"]\ncheck_attempts = 1\n'
         )
-    notify = _Notify(work / "notify.sock")
+    notify = NotifyListener(work / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path))
     env.pop("JOURNAL_STREAM", None)
     print(f"\n== provhad run --config {config}   (its log follows)")
@@ -85,7 +61,7 @@ def _daemon(db: MariaDB, config: Path, root: Path, work: Path) -> int:
         env=env,
     )
     try:
-        print(f"   READY: {notify.wait('READY')}")
+        print(f"   READY: {notify.wait(lambda m: 'READY' in m, 120)['STATUS']}")
         with db.admin("nmsprime") as conn, conn.cursor() as cur:
             steps = [
                 (
@@ -105,14 +81,14 @@ def _daemon(db: MariaDB, config: Path, root: Path, work: Path) -> int:
                 print(f"\n== change: {what}\n   {sql}")
                 cur.execute(sql)
                 conn.commit()
-                print(f"   STATUS: {notify.wait('STATUS', f'live gen {n}')}")
+                print(f"   STATUS: {notify.wait_status(f'live gen {n},', 120)}")
             print("\n== change: modem levels written by cacti (a column provhad does not read)")
             cur.execute("UPDATE modem SET us_pwr = 42, updated_at = NOW() LIMIT 100")
             conn.commit()
             print("   no rebuild is expected; a SIGHUP forces one, which changes nothing:")
             proc.send_signal(signal.SIGHUP)
-            notify.wait("RELOADING")
-            print(f"   READY: {notify.wait('READY')}")
+            notify.wait(lambda m: "RELOADING" in m, 120)
+            print(f"   READY: {notify.wait(lambda m: 'READY' in m, 120)['STATUS']}")
     finally:
         proc.send_signal(signal.SIGTERM)
         status = proc.wait(timeout=120)

@@ -786,3 +786,64 @@ class GaleraCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notify socket (tests, demo, benchmarks):
+    the daemon's READY/STATUS/WATCHDOG messages are how they know what it did, without sleeps."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+        self.last_status = ""
+
+    def _record(self, data: bytes) -> dict[str, str]:
+        lines = data.decode("utf-8", "replace").splitlines()
+        fields = dict(line.split("=", 1) for line in lines if "=" in line)
+        self.messages.append(fields)
+        self.last_status = fields.get("STATUS", self.last_status)
+        return fields
+
+    def read(self, timeout: float) -> dict[str, str] | None:
+        """The next message, or None after ``timeout`` seconds."""
+        self.sock.settimeout(timeout)
+        try:
+            return self._record(self.sock.recv(65536))
+        except TimeoutError:
+            return None
+
+    def wait(
+        self,
+        pred: Callable[[dict[str, str]], bool],
+        timeout: float = 60,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> dict[str, str]:
+        """The next message for which ``pred`` holds (bounded; fails early if the sender died)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.read(min(left, 1.0))
+            if msg is not None and pred(msg):
+                return msg
+            if msg is None and not alive():
+                raise TestbedError(f"the daemon exited; messages: {self.messages[-8:]}")
+        raise TestbedError(f"no such notify message within {timeout} s; got {self.messages[-8:]}")
+
+    def wait_status(
+        self, text: str, timeout: float = 60, alive: Callable[[], bool] = lambda: True
+    ) -> str:
+        return self.wait(lambda m: text in m.get("STATUS", ""), timeout, alive)["STATUS"]
+
+    def drain(self) -> None:
+        """Read what is queued (after the sender has exited nothing more will come)."""
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self._record(self.sock.recv(65536))
+            except BlockingIOError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,64 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provhad.testbed import ScratchDatabase
+from provhad.testbed import NotifyListener, ScratchDatabase, TestbedError
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class NotifySocket:
-    """A datagram socket standing in for systemd's notify socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[dict[str, str]] = []
-
-    def read(self, timeout: float) -> dict[str, str] | None:
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return None
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        self.messages.append(fields)
-        return fields
-
-    def wait(
-        self,
-        pred: Callable[[dict[str, str]], bool],
-        timeout: float = 60,
-        alive: Callable[[], bool] = lambda: True,
-    ) -> dict[str, str]:
-        """The next message for which ``pred`` holds (bounded; fails early if the sender died)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            msg = self.read(min(left, 1.0))
-            if msg is not None and pred(msg):
-                return msg
-            if msg is None and not alive():
-                raise AssertionError(f"the daemon exited; messages: {self.messages[-8:]}")
-        raise AssertionError(f"no such notify message within {timeout} s; got {self.messages[-8:]}")
-
-    def wait_status(
-        self, text: str, timeout: float = 60, alive: Callable[[], bool] = lambda: True
-    ) -> str:
-        return self.wait(lambda m: text in m.get("STATUS", ""), timeout, alive)["STATUS"]
-
-    def drain(self) -> None:
-        """Read what is queued (the sender has exited, so nothing more will come)."""
-        self.sock.setblocking(False)
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                return
-            lines = data.decode().splitlines()
-            self.messages.append(dict(line.split("=", 1) for line in lines if "=" in line))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass
@@ -80,14 +24,14 @@ class DaemonLab:
     root: Path = field(init=False)
     conf: Path = field(init=False)
     restarts: Path = field(init=False)
-    notify: NotifySocket = field(init=False)
+    notify: NotifyListener = field(init=False)
     proc: subprocess.Popen[str] | None = None
 
     def __post_init__(self) -> None:
         self.root = self.tmp / "root"
         self.conf = self.tmp / "provhad.toml"
         self.restarts = self.tmp / "restarts.log"
-        self.notify = NotifySocket(self.tmp / "notify.sock")
+        self.notify = NotifyListener(self.tmp / "notify.sock")
         restart = self.tmp / "restart.sh"
         restart.write_text(
             "#!/bin/sh\n"
@@ -171,7 +115,7 @@ check_attempts = 1
     def wait(self, pred: Callable[[dict[str, str]], bool], timeout: float = 60) -> dict[str, str]:
         try:
             return self.notify.wait(pred, timeout, self.alive)
-        except AssertionError as exc:
+        except TestbedError as exc:
             if not self.alive():
                 raise AssertionError(f"{exc}\n--- daemon output ---\n{self.output()}") from None
             raise

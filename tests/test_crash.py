@@ -27,7 +27,10 @@ import pytest
 from provhad import config, cycle, model, publish
 from provhad.render import HostFacts, RenderedSet, Renderer
 from provhad.snapshot import Snapshot
+from provhad.testbed import ScratchDatabase
 from tests import rows
+from tests.daemon_lab import DaemonLab
+from tests.test_cli_render import seed_small
 
 REPO = Path(__file__).resolve().parent.parent
 FACTS = HostFacts(dt.datetime(2026, 1, 15, tzinfo=dt.UTC), "nmsslave.nmsprime.test", None)
@@ -428,3 +431,48 @@ def test_apply_recovers_an_interrupted_swap_first(
     assert res.ok, res.problems
     assert any("interrupted publish" in w for w in res.warnings), res.warnings
     assert one_generation(cfg, gens) == "B"
+
+
+def test_kill_9_the_real_daemon_while_it_publishes(tmp_path: Path, nmsdb: ScratchDatabase) -> None:
+    """provhad run itself, killed at random moments while changes keep coming: every restart
+    comes back READY with exactly the manifest's files live and nothing staged left over, and
+    every change made before a kill is live after the next start."""
+    kills = int(os.environ.get("PROVHAD_DAEMON_KILLS", "12"))
+    rng = random.Random(int(os.environ.get("PROVHAD_CRASH_SEED", "4")))
+    seed_small(nmsdb)
+    lab = DaemonLab(tmp_path, nmsdb)
+    lab.configure()
+    added: list[str] = []
+    try:
+        for n in range(kills):
+            lab.start()
+            lab.wait(lambda m: m.get("READY") == "1")
+            manifest = publish.Manifest.load(lab.root / "var/lib/provhad")
+            assert manifest is not None
+            for path, digest in manifest.files.items():
+                assert publish.sha256(Path(path).read_bytes()) == digest, (n, path)
+            assert not list(lab.root.rglob(".*provhad-new")), n
+            hosts = lab.file("modems-host.conf")
+            assert all(f"host {h} " in hosts for h in added), n
+            for _ in range(3):
+                mid = 130000 + len(added)
+                lab.sql(
+                    f"INSERT INTO modem (id, hostname, mac) VALUES ({mid}, 'cm-{mid}',"
+                    f" '02:00:00:01:{mid >> 8 & 255:02x}:{mid & 255:02x}')"
+                )
+                added.append(f"cm-{mid}")
+            # kill at a random moment of the next few hundred milliseconds: before, during or
+            # after the publish these changes cause
+            deadline = time.monotonic() + rng.uniform(0.0, 0.8)
+            while time.monotonic() < deadline:
+                lab.notify.read(max(0.0, deadline - time.monotonic()))
+            assert lab.proc is not None
+            lab.proc.send_signal(signal.SIGKILL)
+            lab.proc.wait(timeout=30)
+            lab.notify.drain()
+        lab.start()
+        lab.wait(lambda m: m.get("READY") == "1")  # the startup cycle read everything
+        assert all(f"host {h} " in lab.file("modems-host.conf") for h in added)
+    finally:
+        if lab.alive():
+            lab.stop()

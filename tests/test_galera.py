@@ -261,3 +261,47 @@ async def test_connection_recycled_before_wait_timeout(
     finally:
         with node.admin() as conn, conn.cursor() as cur:
             cur.execute("SET GLOBAL wait_timeout = DEFAULT")
+
+
+def test_daemon_keeps_up_while_the_node_it_reads_from_dies(
+    cluster: GaleraCluster, galera_db: ScratchDatabase, tmp_path: Path
+) -> None:
+    """provhad run itself: kill the node it reads from while changes land on the others,
+    three times; every change is published, in order, and the daemon never stops."""
+    import json
+
+    from tests.daemon_lab import DaemonLab
+
+    lab = DaemonLab(tmp_path, galera_db)
+    lab.configure()
+    hosts = ", ".join(f'"{h}"' for h in cluster.hosts)
+    text = lab.conf.read_text()
+    lab.conf.write_text(
+        text.replace(f'hosts = ["{galera_db.host}:{galera_db.port}"]', f"hosts = [{hosts}]")
+    )
+    lab.start()
+    try:
+        lab.wait(lambda m: m.get("READY") == "1")
+        state = lab.root / "var/lib/provhad/state.json"
+        published: list[str] = []
+        for round_ in range(3):
+            reading = json.loads(state.read_text())["db_node"]
+            victim = cluster.hosts.index(reading)
+            cluster[victim].kill()
+            writer = cluster[(victim + 1) % 3]
+            for _ in range(2):
+                published.append(add_modem(writer, galera_db))
+            lab.wait(
+                lambda m: (
+                    "live gen" in m.get("STATUS", "")
+                    and all(f"host {h} " in lab.file("modems-host.conf") for h in published)
+                ),
+                timeout=DEADLINE,
+            )
+            assert lab.alive(), f"round {round_}"
+            cluster[victim].start()
+            cluster.wait_size(3)
+        assert lab.stop() == 0
+    finally:
+        if lab.alive():
+            lab.stop()

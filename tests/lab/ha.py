@@ -12,8 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provhad.testbed import ScratchDatabase
-from tests.daemon_lab import NotifySocket
+from provhad.testbed import NotifyListener, ScratchDatabase
 from tests.lab.netlab import MASTER_IP, SLAVE_IP, Topology, ip
 from tests.lab.relay import Client
 from tests.rows import modem, pool, provbase, provha
@@ -171,7 +170,7 @@ class HALab:
     clients: list[Client] = field(default_factory=list)
     master_proc: subprocess.Popen[bytes] | None = None
     daemon: subprocess.Popen[bytes] | None = None
-    notify: NotifySocket = field(init=False)
+    notify: NotifyListener = field(init=False)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -182,7 +181,7 @@ class HALab:
             (root / "var/lib/dhcp/dhcpd.leases").touch()
         self.master_log = LogWatch(self.tmp / "master-dhcpd.log")
         self.slave_log = LogWatch(self.tmp / "slave-dhcpd.log")
-        self.notify = NotifySocket(self.tmp / "notify.sock")
+        self.notify = NotifyListener(self.tmp / "notify.sock")
 
     def dhcp_file(self, node: str, name: str) -> Path:
         return (self.master_root if node == "master" else self.slave_root) / DHCP_DIR / name
