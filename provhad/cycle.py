@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from provhad import db, model, publish
 from provhad.config import Config
@@ -149,7 +149,7 @@ def apply(
             "multiple_provisioning_systems is set but no cm/*.conf under the TFTP root grants "
             "NetworkAccess 1: ignore-cpe.conf ignores every CPE and MTA"
         )
-    for _attempt in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
         try:
             m = model.build(
                 snap,
@@ -165,7 +165,7 @@ def apply(
         tick()
         rendered = renderer.render(m, facts)
         tick()
-        if _attempt == 0:
+        if attempt == 0:
             result.set_hash = set_hash(rendered)
             if held and result.set_hash == held:
                 result.held = True
@@ -175,7 +175,7 @@ def apply(
         plan = publish.make_plan(
             rendered, publish.live_hashes(rendered), publish.stale_files(rendered)
         )
-        if _attempt == 0 and not plan.empty:
+        if attempt == 0 and not plan.empty:
             shrink = publish.shrink_problem(
                 publish.live_counts(state_dir, rendered),
                 set_counts(m),
@@ -188,11 +188,10 @@ def apply(
             if shrink:
                 result.warnings.append(f"{shrink}; published as confirmed")
         result.missing_configfiles = publish.missing_configfiles(cfg, m)
+        if plan.empty:
+            break  # the live set is exactly this one: nothing to validate or write
         staged = publish.stage(plan, rendered)
-        publish.write_checks(
-            staged,
-            lambda where, m=m: renderer.render(m, facts, locate=where, only=INCLUDERS),  # type: ignore[misc]
-        )
+        publish.write_checks(staged, functools.partial(renderer.render, m, facts, only=INCLUDERS))
         tick()
         check = publish.validate(staged, cfg.validate)
         tick()
@@ -226,7 +225,6 @@ def apply(
         return result
 
     if plan.empty:
-        publish.discard(staged)
         manifest = publish.Manifest.load(state_dir)
         result.generation = manifest.generation if manifest else None
     else:
@@ -251,7 +249,7 @@ async def render_once(cfg: Config) -> Result:
         return Result(node=snap.node, error=str(exc))
 
 
-def summary(result: Result, root: Path | None = None) -> str:
+def summary(result: Result) -> str:
     """A report for a person: files, counts, rejected rows, validation."""
     lines = []
     if result.model is not None:
@@ -261,7 +259,12 @@ def summary(result: Result, root: Path | None = None) -> str:
             f"{c['modems']} modems, {c['mtas']} MTAs, {c['endpoints']} endpoints, "
             f"{c['public']} public, {c['blocked']} blocked"
         )
-    if result.ok:
+    if result.ok and not result.changed:
+        lines.append(
+            f"unchanged: the live set is exactly this one (generation {result.generation}, "
+            f"{len(result.unchanged)} files); nothing validated, written or removed"
+        )
+    elif result.ok:
         lines.append(
             f"validated ({', '.join(dict.fromkeys(result.validated))}): ok; generation "
             f"{result.generation}; {len(result.written)} written, {len(result.removed)} removed, "

@@ -69,6 +69,7 @@ def test_no_change_writes_nothing(tmp_path: Path) -> None:
     again = cycle.apply(cfg, rows.small(), FACTS)
     assert again.ok and not again.changed and again.generation == 1
     assert again.services == set()
+    assert again.validated == []  # nothing to publish: the validators are not even run
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
