@@ -136,6 +136,8 @@ class Daemon:
         self.mqtt: Any = None
         self.restart_due: float | None = None
         self.periodic_due: float | None = None
+        #: provha.slave_config_rebuild_interval as last read (upstream's default until then)
+        self.rebuild_interval = 3600
         self.dst_due: float | None = None
         self.last_restart: float | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -307,9 +309,11 @@ class Daemon:
             result = cycle.Result(node=snap.node, error=str(exc))
         duration = (time.monotonic() - started) * 1000
         self.record(result, trigger, duration)
-        if result.ok and result.model is not None:
+        if result.model is not None:
             # read live from provha each cycle: a change applies without restarting provhad
-            self.periodic_due = time.monotonic() + max(1, result.model.ha.rebuild_interval)
+            self.rebuild_interval = max(1, result.model.ha.rebuild_interval)
+        # re-armed after every cycle, failed ones too: the reconciliation must not stop
+        self.periodic_due = time.monotonic() + self.rebuild_interval
         if "periodic" in kinds and self.cfg.watch.periodic_command:
             outcome = await services.run(
                 self.cfg.watch.periodic_command, self.cfg.watch.periodic_command_timeout
