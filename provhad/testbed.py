@@ -113,6 +113,34 @@ def _port_in_use(log: Path) -> bool:
     return "Address already in use" in text or "Do you already have another" in text
 
 
+class _Server:
+    """What the throwaway servers share: a child process, ``running``, ``with`` support."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
 class ScratchDatabase:
     """One database loaded with a schema, with a SELECT-only user (see ``MariaDB.scratch``)."""
@@ -138,7 +166,7 @@ class ScratchDatabase:
 
 
 @dataclass
-class MariaDB:
+class MariaDB(_Server):
     """A throwaway mariadbd in its own datadir, on a free 127.0.0.1 TCP port and a unix socket.
 
     ``root`` has no password and may log in over the socket or from 127.0.0.1. ``stop()``
@@ -284,22 +312,6 @@ class MariaDB:
             self._proc.wait()
         self._proc = None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def admin(self, database: str | None = None, **kwargs: Any) -> pymysql.Connection:
         """A new ``pymysql.Connection`` as root over the unix socket, in autocommit mode."""
         return pymysql.connect(
@@ -381,7 +393,7 @@ _MQTT_DISCONNECT = bytes([0xE0, 0])
 
 
 @dataclass
-class Mosquitto:
+class Mosquitto(_Server):
     """A throwaway mosquitto on a free 127.0.0.1 port, anonymous access, no persistence.
 
     ``stop()`` then ``start()`` restarts it on the same port.
@@ -463,22 +475,6 @@ class Mosquitto:
         if self._proc is not None:
             _terminate(self._proc, STOP_TIMEOUT)
             self._proc = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- a three-node Galera cluster ----------------------------------------------------------------
