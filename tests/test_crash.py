@@ -116,6 +116,22 @@ class Crash(BaseException):
     """Stands for the process dying: nothing may catch it."""
 
 
+def die_at_rename(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the ``n``-th os.replace from now on (1-based) die like a killed process."""
+    real_replace = os.replace
+    calls = 0
+
+    def dying_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            monkeypatch.setattr(os, "replace", real_replace)
+            raise Crash
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+
+
 def test_crash_at_every_rename(
     generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,20 +180,9 @@ def test_roll_back_when_staged_files_are_gone(
     """A staged file that vanished (not fsynced by a broken disk, deleted by a person): the
     new set cannot be completed, so the previous one comes back."""
     cfg, gens = generations
-    real_replace = os.replace
-    calls = 0
-
-    def dying_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 4:  # the journal, then two renames into place
-            raise Crash
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
+    die_at_rename(monkeypatch, 4)  # the journal, then two renames into place
     with pytest.raises(Crash):
         cycle.apply(cfg, snapshot_b(), FACTS)
-    monkeypatch.setattr(os, "replace", real_replace)
     journal = publish.Journal.load(state_dir(cfg))
     assert journal is not None
     pending = [tmp for tmp in journal.renames.values() if os.path.exists(tmp)]
@@ -192,20 +197,9 @@ def test_swap_refuses_while_a_crash_is_unrecovered(
     generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, gens = generations
-    real_replace = os.replace
-    calls = 0
-
-    def dying_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise Crash
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
+    die_at_rename(monkeypatch, 3)
     with pytest.raises(Crash):
         cycle.apply(cfg, snapshot_b(), FACTS)
-    monkeypatch.setattr(os, "replace", real_replace)
     # nothing may publish over a half-done swap (cycle.apply calls recover() first)
     with pytest.raises(publish.PublishError, match="interrupted swap is pending"):
         publish.rollback(state_dir(cfg))
@@ -221,20 +215,9 @@ def test_rollback_is_journaled_too(
     """publish.rollback (after dhcpd failed with a new set) crashing half-way is finished."""
     cfg, gens = generations
     publish_once(cfg, snapshot_b())
-    real_replace = os.replace
-    calls = 0
-
-    def dying_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise Crash
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
+    die_at_rename(monkeypatch, 3)
     with pytest.raises(Crash):
         publish.rollback(state_dir(cfg))
-    monkeypatch.setattr(os, "replace", real_replace)
     assert publish.recover(state_dir(cfg)) == "rolled forward"
     assert one_generation(cfg, gens) == "A"
     assert publish.rollback(state_dir(cfg)) is None  # nothing left to roll back to
@@ -413,20 +396,9 @@ def test_apply_recovers_an_interrupted_swap_first(
     """The next cycle finishes a swap a crash left behind, then publishes as usual."""
     cfg, gens = generations
     assert one_generation(cfg, gens) == "A"
-    real_replace = os.replace
-    calls = 0
-
-    def dying_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:  # in the middle of the renames
-            raise Crash
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", dying_replace)
+    die_at_rename(monkeypatch, 3)  # in the middle of the renames
     with pytest.raises(Crash):
         cycle.apply(cfg, snapshot_b(), FACTS)
-    monkeypatch.setattr(os, "replace", real_replace)
     res = cycle.apply(cfg, snapshot_b(), FACTS)  # no manual recover()
     assert res.ok, res.problems
     assert any("interrupted publish" in w for w in res.warnings), res.warnings
