@@ -101,7 +101,7 @@ class NetGw:
     pools: tuple[Pool, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Modem:
     id: int
     hostname: str
@@ -109,13 +109,13 @@ class Modem:
     has_mta: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Mta:
     id: int
     mac: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     id: int
     hostname: str
@@ -124,7 +124,7 @@ class Endpoint:
     fixed_ip: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModemRef:
     """A modem listed by MAC only (public and blocked subclasses)."""
 
