@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import itertools
 import re
 import tempfile
 from pathlib import Path
@@ -25,7 +24,6 @@ from provhad.snapshot import Snapshot
 from tests import rows
 
 FACTS = HostFacts(dt.datetime(2026, 1, 15, tzinfo=dt.UTC), "nmsslave.nmsprime.test", None)
-CASES = itertools.count()
 
 # Characters that matter to dhcpd's lexer, and fragments of real directives.
 DANGEROUS = st.sampled_from(
@@ -106,10 +104,22 @@ def with_value(table: str, index: int, column: str, value: object) -> Snapshot:
     return dataclasses.replace(snap, **{table: table_rows})  # type: ignore[arg-type]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(col=st.sampled_from(COLUMNS), value=HOSTILE, role=st.sampled_from(["slave", "master"]))
-def test_hostile_value_in_any_column(col: tuple[str, int, str], value: str, role: str) -> None:
-    next(CASES)
+def test_hostile_value_in_any_column() -> None:
+    """150 hostile cases; the count is asserted here so the test stands on its own."""
+    tried = 0
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(col=st.sampled_from(COLUMNS), value=HOSTILE, role=st.sampled_from(["slave", "master"]))
+    def case(col: tuple[str, int, str], value: str, role: str) -> None:
+        nonlocal tried
+        tried += 1
+        hostile_case(col, value, role)
+
+    case()
+    assert tried >= 150
+
+
+def hostile_case(col: tuple[str, int, str], value: str, role: str) -> None:
     table, index, column = col
     note(f"{table}[{index}].{column} = {value!r}")
     snap = with_value(table, index, column, value)
@@ -164,8 +174,3 @@ def test_structure_sees_injections() -> None:
     assert structure('a "x" b;') == structure('a "y\\"z" b;')
     assert structure('a "x"; deny booting; "" b;') != structure('a "x" b;')
     assert structure("a 1; # } {\n") == ["a", "1", ";"]
-
-
-def test_cases_were_tried() -> None:
-    # runs after the property in file order; records how many hostile cases were rendered
-    assert next(CASES) >= 150

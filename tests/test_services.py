@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from provhad import services
 
 
@@ -38,13 +40,13 @@ async def test_outcome_of_failing_and_missing_commands() -> None:
     assert not missing.ok and "nonexistent" in missing.output
 
 
-async def test_children_do_not_inherit_the_notify_socket(monkeypatch: object) -> None:
-    os.environ["NOTIFY_SOCKET"] = "/run/systemd/notify"
-    os.environ["WATCHDOG_USEC"] = "1000000"
-    try:
-        out = await services.run(
-            ["sh", "-c", "echo ${NOTIFY_SOCKET:-none} ${WATCHDOG_USEC:-none}"], 10
-        )
-    finally:
-        del os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"]
-    assert out.output.strip() == "none none"
+async def test_children_do_not_inherit_the_notify_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    script = "echo ${NOTIFY_SOCKET:-none} ${WATCHDOG_USEC:-none} ${HOME:-nohome}"
+    out = await services.run(["sh", "-c", script], 10)
+    # systemd's per-service variables are gone, the rest of the environment is passed on
+    assert out.output.split()[:2] == ["none", "none"]
+    assert out.output.split()[2] != "nohome" or "HOME" not in os.environ
