@@ -124,6 +124,26 @@ class _Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def _accepts(self) -> bool:
+        raise NotImplementedError
+
+    def _spawn(self, argv: list[str], name: str, log: Path, output: Any) -> None:
+        """Start the server in its own session and wait until it accepts clients; a server that
+        never does is killed, and the error names the end of its log."""
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not subprocess.DEVNULL else subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_for(self._accepts, self._proc, name, log, START_TIMEOUT)
+        except BaseException:
+            _terminate(self._proc, STOP_TIMEOUT)
+            self._proc = None
+            raise
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -279,19 +299,7 @@ class MariaDB(_Server):
         else:
             args.append("--skip-log-bin")
         args += self.extra_args
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            _wait_for(self._accepts, self._proc, "mariadbd", self.error_log, START_TIMEOUT)
-        except BaseException:
-            _terminate(self._proc, STOP_TIMEOUT)
-            self._proc = None
-            raise
+        self._spawn(args, "mariadbd", self.error_log, subprocess.DEVNULL)
 
     def _accepts(self) -> bool:
         try:
@@ -444,19 +452,7 @@ class Mosquitto(_Server):
             lines.append("user root")
         conf.write_text("\n".join(lines) + "\n")
         with self.log.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [_executable("mosquitto"), "-c", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _wait_for(self._accepts, self._proc, "mosquitto", self.log, START_TIMEOUT)
-        except BaseException:
-            _terminate(self._proc, STOP_TIMEOUT)
-            self._proc = None
-            raise
+            self._spawn([_executable("mosquitto"), "-c", str(conf)], "mosquitto", self.log, log)
 
     def _accepts(self) -> bool:
         # An MQTT handshake, not just a TCP connect: whoever holds a port that mosquitto
