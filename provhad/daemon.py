@@ -237,17 +237,20 @@ class Daemon:
                 break
         return batch
 
+    def _timers(self) -> dict[str, float]:
+        """The armed timers (kind -> monotonic deadline)."""
+        timers = {"restart": self.restart_due, "periodic": self.periodic_due, "dst": self.dst_due}
+        return {k: v for k, v in timers.items() if v is not None}
+
+    def _disarm(self, kind: str) -> None:
+        setattr(self, f"{kind}_due", None)
+
     async def next_trigger(self) -> Trigger | None:
-        timers = {
-            "restart": self.restart_due,
-            "periodic": self.periodic_due,
-            "dst": self.dst_due,
-        }
         while not self.stop.is_set():
             self.beat()  # the idle loop is alive: it woke up
             if self.mqtt is not None and self.mqtt_state() != self.state.mqtt:
                 self.report()  # the broker came or went between cycles
-            due = {k: v for k, v in timers.items() if v is not None}
+            due = self._timers()
             # wake up well within stall_timeout even when idle, so the watchdog sees a live loop
             timeout = self.cfg.watch.stall_timeout / 3
             kind, at = "", 0.0
@@ -267,19 +270,8 @@ class Daemon:
             if stopper in done:
                 return None
             if due and time.monotonic() >= at:
-                if kind == "restart":
-                    self.restart_due = None
-                    return Trigger("restart")
-                if kind == "periodic":
-                    self.periodic_due = None
-                    return Trigger("periodic")
-                self.dst_due = None
-                return Trigger("dst")
-            timers = {
-                "restart": self.restart_due,
-                "periodic": self.periodic_due,
-                "dst": self.dst_due,
-            }
+                self._disarm(kind)
+                return Trigger(kind)
         return None
 
     async def run_cycle(self, triggers: list[Trigger]) -> cycle.Result | None:
