@@ -24,8 +24,11 @@ from typing import Any
 from provhad import config, cycle, db, log, publish, services
 from provhad.notify import Notifier, Watchdog, watchdog_interval
 from provhad.render import CHRONY, DHCPD, NAMED
+from provhad.tasks import cancel_and_wait
 
 STATE_FILE = "state.json"
+#: Seconds the helper tasks get to stop (the MQTT link says "offline" and disconnects).
+STOP_GRACE = 15.0
 
 
 @dataclass(frozen=True)
@@ -488,11 +491,12 @@ class Daemon:
         finally:
             self.notifier.stopping("stopping")
             self.log.info("stopping")
+            await cancel_and_wait(self.tasks, STOP_GRACE)
             for task in self.tasks:
-                task.cancel()
-            for task in self.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    self.log.error(
+                        "task_failed", task=task.get_name(), error=repr(task.exception())
+                    )
             self.watcher.close()
             self.state.status = "stopped"
             with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ from typing import Any
 import aiomqtt
 
 from provhad.config import MqttConfig
+from provhad.tasks import cancel_and_wait
 
 __all__ = ["MqttLink", "MqttTriggerError", "status_topic", "trigger"]
 
@@ -217,10 +218,9 @@ class MqttLink:
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            # Let both finish before the client is closed under them.
-            await asyncio.wait(tasks)
+            # Let both finish before the client is closed under them; a cancellation that
+            # aiomqtt's wait for a PUBACK drops must not leave the publisher waiting forever.
+            await cancel_and_wait(tasks, CLOSE_TIMEOUT)
         for task in tasks:
             if not task.cancelled() and (exc := task.exception()) is not None:
                 raise exc

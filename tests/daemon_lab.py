@@ -139,6 +139,13 @@ check_attempts = 1
             self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"the daemon did not stop within 60 s of SIGTERM\n--- daemon output ---\n"
+                f"{self.output()}"
+            ) from None
         finally:
             self.notify.drain()
             self.notify.close()

@@ -123,7 +123,7 @@ async def test_database_loss_is_reported_and_recovered(
             await w.changed()
     finally:
         mariadb.start()
-    nmsdb.admin.ping(reconnect=True)
+    nmsdb.admin.connect()  # the old connection died with the server
     sql(nmsdb, "DELETE FROM modem WHERE id = 100002")
     assert await w.changed() == ["modem"]
     w.close()
