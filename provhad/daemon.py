@@ -27,6 +27,8 @@ from provhad.render import CHRONY, DHCPD, NAMED
 from provhad.tasks import cancel_and_wait
 
 STATE_FILE = "state.json"
+#: Triggers whose cycle reads every row again rather than only the changed chunks.
+FULL_READ = frozenset({"startup", "periodic", "sighup", "retry"})
 #: Seconds the helper tasks get to stop (the MQTT link says "offline" and disconnects).
 STOP_GRACE = 15.0
 
@@ -135,6 +137,8 @@ class Daemon:
         self.stop = asyncio.Event()
         self.state = State.load(self.state_dir)
         self.watcher = db.Watcher(self.cfg.database)
+        # the big tables of the last snapshot: a change re-reads only the chunks it touched
+        self.rows = db.RowCache()
         self.watchdog: Watchdog | None = None
         self.mqtt: Any = None
         self.restart_due: float | None = None
@@ -285,8 +289,10 @@ class Daemon:
         if kinds == ["restart"]:
             await self.restart_if_due()
             return None
+        # the reconciliations read everything; a change (poll, MQTT) only what it touched
+        full = not FULL_READ.isdisjoint(kinds)
         try:
-            snap = await db.read_snapshot(self.cfg.database)
+            snap = await db.read_snapshot(self.cfg.database, self.rows, full=full)
         except db.DatabaseError as exc:
             self.state.db_ok, self.state.db_error = False, str(exc)
             self.state.last_cycle_ok, self.state.last_error = False, str(exc)
@@ -320,6 +326,11 @@ class Daemon:
             self.dst_due = time.monotonic() + wall
         return result
 
+    def chunks_read(self) -> str:
+        """How much of the big tables the last snapshot read: "re-read/all" chunks."""
+        last = self.rows.last_read.values()
+        return f"{sum(n for n, _ in last)}/{sum(total for _, total in last)}"
+
     def record(self, result: cycle.Result, trigger: str, duration_ms: float) -> None:
         s = self.state
         s.last_cycle_at, s.last_cycle_ok = now_iso(), result.ok
@@ -344,6 +355,7 @@ class Daemon:
                 files=result.written + result.removed,
                 rejected=len(s.rejected),
                 services=sorted(result.services),
+                chunks_read=self.chunks_read(),
             )
         elif result.held:
             self.log.debug("held", trigger=trigger, reason=s.held_reason)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiomysql
@@ -14,7 +14,7 @@ import pymysql
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from provhad.config import DatabaseConfig
-from provhad.snapshot import Row, Snapshot
+from provhad.snapshot import Row, Snapshot, Table
 
 # One statement per snapshot table. Generators skip soft-deleted rows (as upstream's Eloquent
 # reads do); provha is read without that filter, exactly like upstream's DB::table()->first().
@@ -30,17 +30,49 @@ QUERIES: dict[str, str] = {
         " broadcast_ip, dns1_ip, dns2_ip, dns3_ip, optional, active"
         " FROM ippool WHERE version = '4' AND deleted_at IS NULL ORDER BY id"
     ),
-    "modem": (
-        "SELECT id, hostname, mac, public, internet_access"
-        " FROM modem WHERE deleted_at IS NULL ORDER BY id"
+}
+
+
+@dataclass(frozen=True)
+class BigTable:
+    """A table that grows with the network, read whole or by chunks of ids."""
+
+    select: str  # the select list, in snapshot.*_COLUMNS order
+    source: str  # FROM ... WHERE ...
+    key: str  # the id column, in the source's terms
+
+    def query(self, where: str = "") -> str:
+        return f"SELECT {self.select} FROM {self.source}{where} ORDER BY {self.key}"
+
+    def fingerprints(self) -> str:
+        """Per chunk of ids: (chunk, rows, XOR of the rows' CRC32s)."""
+        # QUOTE keeps NULL apart from 'NULL' and from a shifted neighbour; the id is in
+        # every row, so two rows never cancel out.
+        row = ", ".join(f"QUOTE({c.split(' AS ')[0].strip()})" for c in self.select.split(","))
+        return (
+            f"SELECT {self.key} DIV {CHUNK_IDS}, COUNT(*), BIT_XOR(CRC32(CONCAT_WS(',', {row})))"
+            f" FROM {self.source} GROUP BY 1"
+        )
+
+
+#: Ids per chunk of a big table: what an incremental read re-reads around one change.
+CHUNK_IDS = 4096
+#: Chunk ranges per statement when re-reading (keeps statements short).
+RANGES_PER_QUERY = 256
+BIG: dict[str, BigTable] = {
+    "modem": BigTable(
+        "id, hostname, mac, public, internet_access", "modem WHERE deleted_at IS NULL", "id"
     ),
-    "mta": "SELECT id, modem_id, mac FROM mta WHERE deleted_at IS NULL ORDER BY id",
-    "endpoint": (
-        "SELECT e.id, e.hostname, e.mac, e.fixed_ip, e.ip, m.mac AS modemmac"
-        " FROM endpoint e JOIN modem m ON m.id = e.modem_id"
-        " WHERE e.version = '4' AND e.deleted_at IS NULL ORDER BY e.id"
+    "mta": BigTable("id, modem_id, mac", "mta WHERE deleted_at IS NULL", "id"),
+    "endpoint": BigTable(
+        "e.id, e.hostname, e.mac, e.fixed_ip, e.ip, m.mac AS modemmac",
+        "endpoint e JOIN modem m ON m.id = e.modem_id"
+        " WHERE e.version = '4' AND e.deleted_at IS NULL",
+        "e.id",
     ),
 }
+QUERIES.update((name, big.query()) for name, big in BIG.items())
+
 FIXED_IPS = "SELECT ip FROM endpoint WHERE fixed_ip = 1 AND ip IS NOT NULL AND deleted_at IS NULL"
 _NO_SUCH_TABLE = 1146
 T = TypeVar("T")
@@ -134,30 +166,111 @@ async def node_health(conn: aiomysql.Connection) -> str | None:
     return None
 
 
-async def _rows(cur: Any, sql: str, timeout: float) -> list[Row]:
-    async def run() -> list[Row]:
+async def _rows(cur: Any, sql: str, timeout: float) -> Sequence[Row]:
+    """The rows of ``sql`` as dicts, or as a :class:`Table` for a tuple cursor."""
+
+    async def run() -> Sequence[Row]:
         await cur.execute(sql)
-        return list(await cur.fetchall())
+        rows = list(await cur.fetchall())
+        if isinstance(cur, aiomysql.DictCursor):
+            return rows
+        return Table([d[0] for d in cur.description or ()], rows)
 
     return await _bounded(run(), timeout)
 
 
+Chunk = tuple[tuple[int, int], list[tuple[Any, ...]]]  # ((rows, crc), rows)
+
+
+@dataclass
+class RowCache:
+    """The big tables of the last snapshot, per chunk of ids with each chunk's fingerprint.
+
+    An incremental read asks the database for the fingerprints (one aggregate statement per
+    table, inside the snapshot's transaction) and re-reads only the chunks whose fingerprint
+    changed; the others are taken from here. Content equal to a full read, at a fraction of
+    the rows transferred. A CRC collision could hide a change in a chunk until the next full
+    read, which the daemon does at startup, on SIGHUP and at every periodic rebuild.
+    """
+
+    chunks: dict[str, dict[int, Chunk]] = field(default_factory=dict)
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: What the last read did per table: chunks re-read and chunks in all.
+    last_read: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _group(rows: list[tuple[Any, ...]]) -> dict[int, list[tuple[Any, ...]]]:
+    """Rows (ordered by id, id first) per chunk of ids."""
+    out: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        out.setdefault(int(row[0]) // CHUNK_IDS, []).append(row)
+    return out
+
+
+async def _read_big(
+    cur: Any, name: str, cache: RowCache, full: bool, timeout: float
+) -> tuple[Table, dict[int, Chunk], tuple[str, ...]]:
+    """One big table through ``cache`` (not modified): the table, its new chunks, columns."""
+    big = BIG[name]
+    await _bounded(cur.execute(big.fingerprints()), timeout)
+    prints = {int(k): (int(n), int(crc)) for k, n, crc in await cur.fetchall()}
+    old = None if full else cache.chunks.get(name)
+    columns = cache.columns.get(name, ())
+    if old is None or not columns:
+        stale = sorted(prints)
+        table = await _rows(cur, big.query(), timeout)
+        assert isinstance(table, Table)
+        fresh, columns = _group(table.rows), table.columns
+    else:
+        stale = sorted(k for k, fp in prints.items() if old.get(k, ((-1, -1), []))[0] != fp)
+        fresh = {}
+        for at in range(0, len(stale), RANGES_PER_QUERY):
+            ranges = " OR ".join(
+                f"{big.key} BETWEEN {k * CHUNK_IDS} AND {(k + 1) * CHUNK_IDS - 1}"
+                for k in stale[at : at + RANGES_PER_QUERY]
+            )
+            part = await _rows(cur, big.query(f" AND ({ranges})"), timeout)
+            assert isinstance(part, Table)
+            fresh.update(_group(part.rows))
+    chunks: dict[int, Chunk] = {}
+    for k in sorted(prints):
+        chunks[k] = (prints[k], fresh[k]) if k in fresh else old[k] if old else (prints[k], [])
+    cache.last_read[name] = (len(stale), len(prints))
+    rows = [row for _, part_rows in chunks.values() for row in part_rows]
+    return Table(columns, rows), chunks, columns
+
+
 async def read_snapshot_from(
-    conn: aiomysql.Connection, node: str = "", timeout: float = MIN_QUERY_TIMEOUT
+    conn: aiomysql.Connection,
+    node: str = "",
+    timeout: float = MIN_QUERY_TIMEOUT,
+    cache: RowCache | None = None,
+    full: bool = True,
 ) -> Snapshot:
     """All tables in one read-only transaction with a consistent snapshot (each statement
-    bounded by ``timeout``; the connection is unusable after a timeout)."""
-    async with conn.cursor(aiomysql.DictCursor) as cur:
+    bounded by ``timeout``; the connection is unusable after a timeout).
+
+    With a ``cache``, the big tables are read through it (incrementally unless ``full``) and
+    it is updated once the whole snapshot was read.
+    """
+    async with conn.cursor(aiomysql.DictCursor) as cur, conn.cursor() as big:
         # causal read: see every commit the cluster has certified before this point
         with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
             await cur.execute("SET SESSION wsrep_sync_wait = 1")
         await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         try:
-            tables: dict[str, list[Row]] = {}
+            tables: dict[str, Sequence[Row]] = {}
+            updates: dict[str, tuple[dict[int, Chunk], tuple[str, ...]]] = {}
             for table, sql in QUERIES.items():
                 try:
-                    tables[table] = await _rows(cur, sql, timeout)
+                    if cache is not None and table in BIG:
+                        tables[table], chunks, columns = await _read_big(
+                            big, table, cache, full, timeout
+                        )
+                        updates[table] = (chunks, columns)
+                    else:
+                        tables[table] = await _rows(big if table in BIG else cur, sql, timeout)
                 except pymysql.err.ProgrammingError as exc:
                     # ProvVoip (provvoip, mta) is an optional NMS Prime module
                     if table in ("provvoip", "mta") and exc.args and exc.args[0] == _NO_SUCH_TABLE:
@@ -167,10 +280,15 @@ async def read_snapshot_from(
             fixed = [str(r["ip"]) for r in await _rows(cur, FIXED_IPS, timeout)]
         finally:
             await conn.rollback()
+    if cache is not None:
+        for table, (chunks, columns) in updates.items():
+            cache.chunks[table], cache.columns[table] = chunks, columns
+        for table in BIG.keys() - updates.keys():  # a missing optional table (mta)
+            cache.chunks.pop(table, None)
     return Snapshot(**tables, fixed_ips=fixed, node=node)
 
 
-async def _snapshot_round(cfg: DatabaseConfig) -> Snapshot:
+async def _snapshot_round(cfg: DatabaseConfig, cache: RowCache | None, full: bool) -> Snapshot:
     """One pass over the nodes in order: the first healthy one that answers delivers."""
     problems: list[str] = []
     timeout = query_timeout(cfg)
@@ -185,7 +303,7 @@ async def _snapshot_round(cfg: DatabaseConfig) -> Snapshot:
             if unfit:
                 problems.append(f"{node}: {unfit}")
                 continue
-            return await read_snapshot_from(conn, str(node), timeout)
+            return await read_snapshot_from(conn, str(node), timeout, cache, full)
         except (pymysql.err.MySQLError, OSError) as exc:
             problems.append(f"{node}: {_describe(exc)}")
         finally:
@@ -193,10 +311,12 @@ async def _snapshot_round(cfg: DatabaseConfig) -> Snapshot:
     raise DatabaseError("no database node delivered a snapshot: " + "; ".join(problems))
 
 
-async def read_snapshot(cfg: DatabaseConfig) -> Snapshot:
+async def read_snapshot(
+    cfg: DatabaseConfig, cache: RowCache | None = None, *, full: bool = True
+) -> Snapshot:
     """A snapshot from the first healthy node, trying each configured node in order; up to
     ``SNAPSHOT_ROUNDS`` rounds with a backoff in between. Raises DatabaseError (the last
-    round's problems) when no node delivered."""
+    round's problems) when no node delivered. ``cache``: see :func:`read_snapshot_from`."""
     retrying = AsyncRetrying(
         stop=stop_after_attempt(SNAPSHOT_ROUNDS),
         wait=ROUND_BACKOFF,
@@ -205,7 +325,7 @@ async def read_snapshot(cfg: DatabaseConfig) -> Snapshot:
     )
     async for attempt in retrying:
         with attempt:
-            return await _snapshot_round(cfg)
+            return await _snapshot_round(cfg, cache, full)
     raise AssertionError("unreachable: tenacity reraises the last DatabaseError")
 
 
