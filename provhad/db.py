@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import marshal
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ import pymysql
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from provhad.config import DatabaseConfig
-from provhad.snapshot import Row, Snapshot, Table
+from provhad.snapshot import PackedRows, Row, Snapshot, Table
 
 # One statement per snapshot table. Generators skip soft-deleted rows (as upstream's Eloquent
 # reads do); provha is read without that filter, exactly like upstream's DB::table()->first().
@@ -179,7 +180,7 @@ async def _rows(cur: Any, sql: str, timeout: float) -> Sequence[Row]:
     return await _bounded(run(), timeout)
 
 
-Chunk = tuple[tuple[int, int], list[tuple[Any, ...]]]  # ((rows, crc), rows)
+Chunk = tuple[tuple[int, int], bytes]  # ((rows, crc), the rows marshalled)
 
 
 @dataclass
@@ -199,7 +200,7 @@ class RowCache:
     last_read: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def _group(rows: list[tuple[Any, ...]]) -> dict[int, list[tuple[Any, ...]]]:
+def _group(rows: Iterable[tuple[Any, ...]]) -> dict[int, list[tuple[Any, ...]]]:
     """Rows (ordered by id, id first) per chunk of ids."""
     out: dict[int, list[tuple[Any, ...]]] = {}
     for row in rows:
@@ -222,7 +223,7 @@ async def _read_big(
         assert isinstance(table, Table)
         fresh, columns = _group(table.rows), table.columns
     else:
-        stale = sorted(k for k, fp in prints.items() if old.get(k, ((-1, -1), []))[0] != fp)
+        stale = sorted(k for k, fp in prints.items() if k not in old or old[k][0] != fp)
         fresh = {}
         for at in range(0, len(stale), RANGES_PER_QUERY):
             ranges = " OR ".join(
@@ -234,9 +235,17 @@ async def _read_big(
             fresh.update(_group(part.rows))
     chunks: dict[int, Chunk] = {}
     for k in sorted(prints):
-        chunks[k] = (prints[k], fresh[k]) if k in fresh else old[k] if old else (prints[k], [])
+        if k in fresh:
+            # the columns are ints, strings and NULLs: all marshal takes
+            chunks[k] = (prints[k], marshal.dumps(fresh[k]))
+        elif old is not None and k in old:
+            chunks[k] = old[k]
+        else:  # in no consistent snapshot: the fingerprint and the rows are one transaction
+            raise pymysql.err.InternalError(f"{name}: chunk {k} fingerprinted but not read")
     cache.last_read[name] = (len(stale), len(prints))
-    rows = [row for _, part_rows in chunks.values() for row in part_rows]
+    rows = PackedRows(
+        [blob for _, blob in chunks.values()], sum(n for (n, _), _ in chunks.values())
+    )
     return Table(columns, rows), chunks, columns
 
 
@@ -269,8 +278,12 @@ async def read_snapshot_from(
                             big, table, cache, full, timeout
                         )
                         updates[table] = (chunks, columns)
+                    elif table in BIG:
+                        full_table = await _rows(big, sql, timeout)
+                        assert isinstance(full_table, Table)
+                        tables[table] = Table(full_table.columns, PackedRows.pack(full_table.rows))
                     else:
-                        tables[table] = await _rows(big if table in BIG else cur, sql, timeout)
+                        tables[table] = await _rows(cur, sql, timeout)
                 except pymysql.err.ProgrammingError as exc:
                     # ProvVoip (provvoip, mta) is an optional NMS Prime module
                     if table in ("provvoip", "mta") and exc.args and exc.args[0] == _NO_SUCH_TABLE:

@@ -526,13 +526,14 @@ def build(
         dropped_optional or {},
         {i: r for (t, i), r in dropped_rows.items() if t == "ippool"},
     )
-    # One namespace for dhcpd host names across modems, endpoints and MTAs (lower case ->
-    # owner); inline rather than a method call: this loop runs once per row.
-    hosts: dict[str, tuple[str, int]] = {}
+    # One namespace for dhcpd host names across modems, endpoints and MTAs: lower case ->
+    # the row that has it. Inline rather than a method call, and no object of its own per
+    # row: this runs once per row, hundreds of thousands of times.
+    hosts: dict[str, Modem | Endpoint | Mta] = {}
 
     def taken(name: str) -> str:
-        table, row_id = hosts[name.lower()]
-        return f"host name {name!r} is already used by {table} id {row_id}"
+        owner = hosts[name.lower()]
+        return f"host name {name!r} is already used by {type(owner).__name__.lower()} id {owner.id}"
 
     mta_rows = list(tuples(snap.mta, MTA_COLUMNS))  # read twice
     mta_owner: set[int] = set()
@@ -540,6 +541,7 @@ def build(
         if not (isinstance(raw, str) and raw.strip().lower().startswith("ff")):
             mta_owner.add(owner or 0)  # upstream counts a NULL MAC too
 
+    canonical, a_label = _MAC_CANON.fullmatch, _LABEL_RE.fullmatch
     modems: list[Modem] = []
     public: list[ModemRef] = []
     blocked: list[ModemRef] = []
@@ -555,20 +557,25 @@ def build(
                 blocked.append(ModemRef(mid, mac(raw)))
             except BadValue as exc:
                 rejects.append(Reject("modem", mid, f"{exc}; not blocked"))
-        if reserved_mac(raw):
-            skipped.append(Reject("modem", mid, f"mac {raw!r} is empty or reserved (ff:*)"))
-            continue
         try:
-            cm_mac = mac(raw)
-            name = label(hostname, "hostname")
-            key = name.lower()
+            if raw.__class__ is str and canonical(raw) and raw[:2] != "ff":
+                cm_mac = raw  # the form NMS Prime stores (hot path)
+            elif reserved_mac(raw):
+                skipped.append(Reject("modem", mid, f"mac {raw!r} is empty or reserved (ff:*)"))
+                continue
+            else:
+                cm_mac = mac(raw)
+            name = hostname if hostname.__class__ is str and a_label(hostname) else ""
+            if not name:
+                name = label(hostname, "hostname")
+            key = name if name.islower() else name.lower()
             if key in hosts:
                 raise BadValue(taken(name))
         except BadValue as exc:
             rejects.append(Reject("modem", mid, str(exc)))
             continue
-        hosts[key] = ("modem", mid)
-        modems.append(Modem(mid, name, cm_mac, mid in mta_owner))
+        hosts[key] = cm = Modem(mid, name, cm_mac, mid in mta_owner)
+        modems.append(cm)
         if is_public:
             public.append(ModemRef(mid, cm_mac))
 
@@ -593,8 +600,8 @@ def build(
         except BadValue as exc:
             rejects.append(Reject("endpoint", eid, str(exc)))
             continue
-        hosts[key] = ("endpoint", eid)
-        endpoints.append(Endpoint(eid, name, ep_mac, remote, fixed))
+        hosts[key] = ep = Endpoint(eid, name, ep_mac, remote, fixed)
+        endpoints.append(ep)
 
     mtas: list[Mta] = []
     for tid, _owner, raw in mta_rows:
@@ -614,8 +621,8 @@ def build(
         except BadValue as exc:
             rejects.append(Reject("mta", tid, str(exc)))
             continue
-        hosts[key] = ("mta", tid)
-        mtas.append(Mta(tid, mta_mac))
+        hosts[key] = mta = Mta(tid, mta_mac)
+        mtas.append(mta)
 
     return Model(
         ha=ha,

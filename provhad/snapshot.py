@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -14,8 +15,50 @@ MTA_COLUMNS = ("id", "modem_id", "mac")
 ENDPOINT_COLUMNS = ("id", "hostname", "mac", "fixed_ip", "ip", "modemmac")
 
 
+class PackedRows(Sequence[tuple[Any, ...]]):
+    """Rows kept as ``marshal`` blobs, a slice of rows per blob, unpacked while iterated.
+
+    A blob takes about a sixth of the memory of its tuples (500k modems: 23 MB instead of
+    some 150 MB) and unpacks at C speed (0.07 s for those). Iterate; indexing unpacks all.
+    """
+
+    __slots__ = ("_length", "blobs")
+
+    def __init__(self, blobs: Sequence[bytes], length: int) -> None:
+        self.blobs = tuple(blobs)
+        self._length = length
+
+    @classmethod
+    def pack(
+        cls, rows: Sequence[tuple[Any, ...]], per_blob: int = 4096
+    ) -> Sequence[tuple[Any, ...]]:
+        """``rows`` packed; unchanged if a value has a type marshal does not take."""
+        try:
+            blobs = [
+                marshal.dumps(list(rows[at : at + per_blob]))
+                for at in range(0, len(rows), per_blob)
+            ]
+        except ValueError:
+            return rows
+        return cls(blobs, len(rows))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        for blob in self.blobs:
+            yield from marshal.loads(blob)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[Any, ...]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[Any, ...]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[Any, ...] | list[tuple[Any, ...]]:
+        return list(self)[index]
+
+
 class Table(Sequence[Row]):
-    """The rows of one big table as tuples under one column list.
+    """The rows of one big table as tuples (usually :class:`PackedRows`) under one column list.
 
     A tuple takes a third of the memory of a dict with the same values, and at 500k modems
     that is a hundred megabytes. Indexing and iterating give dicts, so code that handles rows
@@ -24,7 +67,7 @@ class Table(Sequence[Row]):
 
     __slots__ = ("columns", "rows")
 
-    def __init__(self, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    def __init__(self, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         self.columns: tuple[str, ...] = tuple(columns)
         self.rows = rows
 
@@ -37,7 +80,7 @@ class Table(Sequence[Row]):
     def __getitem__(self, index: slice) -> Table: ...
     def __getitem__(self, index: int | slice) -> Row | Table:
         if isinstance(index, slice):
-            return Table(self.columns, self.rows[index])
+            return Table(self.columns, list(self.rows[index]))
         return dict(zip(self.columns, self.rows[index], strict=True))
 
     def __iter__(self) -> Iterator[Row]:
