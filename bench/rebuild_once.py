@@ -1,4 +1,9 @@
-"""One rebuild in a fresh process, phase by phase: ``python bench/rebuild_once.py CONFIG``.
+"""One rebuild in a fresh process, phase by phase: ``python bench/rebuild_once.py CONFIG [MODE]``.
+
+MODE ``provhad`` (default): a full read, as at startup, SIGHUP and the periodic rebuild.
+``change SOCKET``: what the daemon does for a change: a full read fills the row cache (not
+timed), a modem is changed through the server's admin SOCKET, and the rebuild after it reads
+incrementally. ``upstream``: upstream's full rewrite in place.
 
 Prints one JSON object: seconds per phase, bytes written and this process's peak RSS. A child
 process per measurement keeps the peak RSS honest (nothing left over from earlier sizes).
@@ -13,18 +18,45 @@ import resource
 import sys
 import time
 
+import pymysql
+
 from provhad import config, cycle, db, model, publish
 from provhad.render import INCLUDERS, Renderer
 
 
-def main(path: str, mode: str = "provhad") -> dict[str, float]:
+def change_one_modem(socket: str) -> None:
+    """What the master does: one modem (in the middle of the id range) changes."""
+    with (
+        pymysql.connect(unix_socket=socket, user="root", database="nms", autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute("SELECT (MIN(id) + MAX(id)) DIV 2 FROM modem")
+        row = cur.fetchone()
+        assert row is not None
+        cur.execute(
+            "UPDATE modem SET public = 1 - public WHERE id = (SELECT MIN(id) FROM modem"
+            " WHERE id >= %s AND deleted_at IS NULL AND mac LIKE '__:__:__:__:__:__')",
+            (row[0],),
+        )
+        assert cur.rowcount == 1
+
+
+def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]:
     cfg = config.load(path)
     facts = cycle.gather_facts(cfg)
     facts = type(facts)(dt.datetime.now(dt.UTC), "nmsslave.nmsprime.test", facts.omapi)
     out: dict[str, float] = {}
+    cache = None
+    if mode == "change":
+        cache = db.RowCache()
+        asyncio.run(db.read_snapshot(cfg.database, cache, full=True))
+        change_one_modem(socket)
     t = time.perf_counter()
-    snap = asyncio.run(db.read_snapshot(cfg.database))
+    snap = asyncio.run(db.read_snapshot(cfg.database, cache, full=cache is None))
     out["snapshot_s"] = time.perf_counter() - t
+    if cache is not None:
+        out["chunks_read"] = sum(n for n, _ in cache.last_read.values())
+        out["chunks"] = sum(total for _, total in cache.last_read.values())
     t = time.perf_counter()
     m = model.build(snap, cfg.own_state)
     out["model_s"] = time.perf_counter() - t
@@ -71,4 +103,5 @@ def main(path: str, mode: str = "provhad") -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], *(sys.argv[2:3]))))
+    with cycle.quiet_gc():  # as the daemon and `provhad render` run a rebuild
+        print(json.dumps(main(sys.argv[1], *(sys.argv[2:4]))))

@@ -36,7 +36,14 @@ def plot(r: dict[str, Any], path: Path) -> bool:
         xs,
         [r["rebuild_s"][n] for n in sizes],
         "o-",
-        label="provhad rebuild (snapshot+render+write)",
+        label="provhad rebuild after a change (incremental read)",
+    )
+    ax.plot(
+        xs,
+        [r["rebuild_full_s"][n] for n in sizes],
+        "o-",
+        alpha=0.6,
+        label="provhad full rebuild (startup, SIGHUP, periodic)",
     )
     ax.plot(xs, [r["dhcpd_parse_s"][n] for n in sizes], "s--", label="dhcpd -t reading the result")
     ax.plot(
@@ -75,20 +82,44 @@ def main() -> None:
         "",
         "## Rebuild at each size",
         "",
-        "| modems | hosts | snapshot | model | render | write | **rebuild** | validate "
+        "**After a change** (what the daemon does on a poll or MQTT trigger): one modem changed "
+        "on the master, the snapshot re-reads only the chunks of ids whose fingerprint moved "
+        "(`chunks` = re-read / all), then the whole set is modelled, rendered, planned, "
+        "validated and swapped. `rebuild` = snapshot + model + render + write; `validate` "
+        "(dhcpd -t, named-checkconf, chronyd -p on the staged set) is reported apart.",
+        "",
+        "| modems | hosts | snapshot | chunks | model | render | write | **rebuild** | validate "
         "| dhcpd -t | peak RSS | upstream rebuild |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
         s = d["sizes"][n]
         lines.append(
             f"| {int(n):,} | {s['hosts']:,} | {fmt(s['snapshot_s']['median'])} | "
+            f"{s['chunks_read']}/{s['chunks']} | "
             f"{fmt(s['model_s']['median'])} | {fmt(s['render_s']['median'])} | "
             f"{fmt(s['write_s']['median'])} | **{fmt(s['rebuild_s']['median'])}** | "
             f"{fmt(s['validate_s']['median'])} | {fmt(s['dhcpd_parse_s']['median'])} | "
             f"{s['peak_rss_mb']:.0f} MB | {fmt(s['upstream']['rebuild_s']['median'])} |"
         )
     lines += [
+        "",
+        "**Full rebuild** (startup, SIGHUP, the periodic reconciliation and `provhad render`): "
+        "every row read again, into an empty output tree.",
+        "",
+        "| modems | snapshot | model | render | write | **rebuild** | validate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        f = d["sizes"][n]["full"]
+        lines.append(
+            f"| {int(n):,} | {fmt(f['snapshot_s']['median'])} | {fmt(f['model_s']['median'])} | "
+            f"{fmt(f['render_s']['median'])} | {fmt(f['write_s']['median'])} | "
+            f"**{fmt(f['rebuild_s']['median'])}** | {fmt(f['validate_s']['median'])} |"
+        )
+    lines += [
+        "",
+        "Peak RSS is the larger of both kinds of run.",
         "",
         "![rebuild time by size](benchmarks.png)",
         "",
@@ -158,13 +189,17 @@ def main() -> None:
     for n, limit in TARGETS.items():
         if n in r["rebuild_s"]:
             v = r["rebuild_s"][n]
-            checks.append((f"rebuild at {int(n):,} modems <= {limit} s", v <= limit, fmt(v)))
+            checks.append(
+                (f"rebuild after a change at {int(n):,} modems <= {limit} s", v <= limit, fmt(v))
+            )
+            v = r["rebuild_full_s"][n]
+            checks.append((f"(full rebuild at {int(n):,} modems <= {limit} s)", v <= limit, fmt(v)))
     if "100000" in r["rebuild_s"]:
         checks.append(
             (
-                "rebuild at 100k no slower than dhcpd -t",
+                "rebuild after a change at 100k no slower than dhcpd -t",
                 r["rebuild_s"]["100000"] <= r["dhcpd_parse_s"]["100000"],
-                fmt(r["dhcpd_parse_s"]["100000"]),
+                f"{fmt(r['rebuild_s']['100000'])} vs {fmt(r['dhcpd_parse_s']['100000'])}",
             )
         )
     if "500000" in r["peak_rss_mb"]:
@@ -209,14 +244,15 @@ def main() -> None:
     lines += [
         "## Where the time goes",
         "",
-        f"At {int(big):,} modems the rebuild splits into {shares}. The snapshot is PyMySQL "
-        "decoding rows (about 4-5 us per row, dicts or tuples alike) and the model is "
-        "validation of every row; both are full passes over the network on every change. "
-        "The rebuild targets need what the issue names as the remedy: incremental reads (only "
-        "rows changed since the last snapshot, found by finer-grained fingerprints, with the "
-        "full re-read kept as the periodic reconciliation) and an incremental model; they are "
-        "not built yet. The peak RSS comes from holding the whole snapshot as Python objects "
-        "and the whole rendered set as bytes at once.",
+        f"After a change at {int(big):,} modems the rebuild splits into {shares}. The snapshot "
+        "is now mostly the per-chunk fingerprint aggregates (one per big table, inside the "
+        "snapshot's transaction); a full read is PyMySQL decoding every row (about 3 us per "
+        "row). The model validates every row on every rebuild, and the renderer writes every "
+        "host: caching both per chunk, as the reads are, is the next step for big networks. "
+        "The peak RSS is the model (one small tuple and two strings per host) and the rendered "
+        "set, held whole so that it can be compared with the live set, validated and swapped "
+        "as one; rows are kept marshalled (about 45 MB at 500k) and the output is encoded "
+        "without a second copy.",
         "",
     ]
     (REPO / "docs/benchmarks.md").write_text("\n".join(lines))

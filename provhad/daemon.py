@@ -282,6 +282,10 @@ class Daemon:
         return None
 
     async def run_cycle(self, triggers: list[Trigger]) -> cycle.Result | None:
+        with cycle.quiet_gc():
+            return await self._run_cycle(triggers)
+
+    async def _run_cycle(self, triggers: list[Trigger]) -> cycle.Result | None:
         kinds = sorted({t.kind for t in triggers})
         trigger = ",".join(kinds)
         started = time.monotonic()

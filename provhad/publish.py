@@ -48,6 +48,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: str) -> str:
+    """sha256 of a file's content, read in pieces (a live modems-host.conf can be 80 MB)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def sibling(path: str, suffix: str) -> str:
     head, name = os.path.split(path)
     return os.path.join(head, f".{name}{suffix}")
@@ -87,7 +93,7 @@ def live_hashes(rendered: RenderedSet) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for path in rendered.files:
         try:
-            out[path] = sha256(Path(path).read_bytes())
+            out[path] = file_sha256(path)
         except OSError:  # missing or unreadable: write it (staging reports what is wrong)
             out[path] = None
     return out
@@ -622,7 +628,7 @@ def _forward_possible(journal: Journal) -> bool:
         want = journal.manifest.files.get(live)
         for path in (tmp, live):
             try:
-                if sha256(Path(path).read_bytes()) == want:
+                if file_sha256(path) == want:
                     break
             except OSError:
                 continue

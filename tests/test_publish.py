@@ -264,3 +264,18 @@ def test_shrink_guard_can_be_lowered(tmp_path: Path) -> None:
     assert cycle.apply(cfg, dataclasses.replace(snap, modem=snap.modem[:1]), FACTS).ok
     assert publish.shrink_problem({"hosts": 10, "pools": 4}, {"hosts": 9, "pools": 4}, 10) is None
     assert publish.shrink_problem({"hosts": 10, "pools": 4}, {"hosts": 10, "pools": 3}, 10)
+
+
+def test_quiet_gc_restores_the_collector() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with cycle.quiet_gc():
+        assert not gc.isenabled()
+        with cycle.quiet_gc():  # nested: the inner one must not switch it back on
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), cycle.quiet_gc():
+        raise RuntimeError("a failed rebuild")
+    assert gc.isenabled()
