@@ -65,7 +65,8 @@ class Result:
     services: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     rejected_by_dhcpd: list[Reject] = field(default_factory=list)
-    missing_configfiles: list[str] = field(default_factory=list)
+    missing_configfiles: list[str] = field(default_factory=list)  # the first few
+    missing_count: int = 0
     validated: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     generation: int | None = None
@@ -207,7 +208,7 @@ def apply(
                 return result
             if shrink:
                 result.warnings.append(f"{shrink}; published as confirmed")
-        result.missing_configfiles = publish.missing_configfiles(cfg, m)
+        result.missing_count, result.missing_configfiles = publish.missing_configfiles(cfg, m)
         if plan.empty:
             break  # the live set is exactly this one: nothing to validate or write
         staged = publish.stage(plan, rendered)
@@ -301,12 +302,12 @@ def summary(result: Result) -> str:
     lines.extend(f"  {r.table} id {r.id}: {r.reason}" for r in sorted(rejects, key=str))
     if result.model is not None and result.model.skipped:
         lines.append(f"skipped (empty or reserved MAC, as upstream): {len(result.model.skipped)}")
-    if result.missing_configfiles:
-        n = len(result.missing_configfiles)
+    if result.missing_count:
+        n, shown = result.missing_count, result.missing_configfiles
         lines.append(f"configfiles missing under the TFTP root: {n}")
-        lines.extend(f"  {p}" for p in result.missing_configfiles[:20])
-        if n > 20:
-            lines.append(f"  ... and {n - 20} more")
+        lines.extend(f"  {p}" for p in shown)
+        if n > len(shown):
+            lines.append(f"  ... and {n - len(shown)} more")
     lines.extend(f"warning: {w}" for w in result.warnings)
     if not result.ok:
         lines.append(f"FAILED: {result.error}")

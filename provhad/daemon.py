@@ -344,7 +344,7 @@ class Daemon:
             if result.model is not None:
                 s.counts = result.model.counts()
                 s.rejected = [str(r) for r in result.model.rejects]
-            s.missing_configfiles = len(result.missing_configfiles)
+            s.missing_configfiles = result.missing_count
             s.last_success_at, s.last_error = s.last_cycle_at, ""
             s.generation = result.generation
             s.held_set, s.held_reason = "", ""

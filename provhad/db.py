@@ -243,7 +243,7 @@ async def _read_big(
         else:  # in no consistent snapshot: the fingerprint and the rows are one transaction
             raise pymysql.err.InternalError(f"{name}: chunk {k} fingerprinted but not read")
     cache.last_read[name] = (len(stale), len(prints))
-    rows = PackedRows(
+    rows: PackedRows[tuple[Any, ...]] = PackedRows(
         [blob for _, blob in chunks.values()], sum(n for (n, _), _ in chunks.values())
     )
     return Table(columns, rows), chunks, columns

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -159,9 +160,9 @@ def network_access_hosts(cfg: Config) -> frozenset[str]:
     return frozenset(out)
 
 
-def missing_configfiles(cfg: Config, model: Model) -> list[str]:
-    """Configfiles named in host entries that are not under the TFTP root (such a modem
-    reboots endlessly when this node answers it)."""
+def missing_configfiles(cfg: Config, model: Model, keep: int = 20) -> tuple[int, list[str]]:
+    """How many configfiles named in host entries are not under the TFTP root (such a modem
+    reboots endlessly when this node answers it), and the first ``keep`` of them."""
     root = cfg.paths.under_root(cfg.paths.tftp_root)
     present: dict[str, set[str]] = {}
     for sub in ("cm", "mta"):
@@ -169,10 +170,17 @@ def missing_configfiles(cfg: Config, model: Model) -> list[str]:
             present[sub] = set(os.listdir(root / sub))
         except OSError:
             present[sub] = set()
-    wanted = [("cm", f"{m.hostname}.cfg") for m in model.modems]
+    wanted: Iterable[tuple[str, str]] = (("cm", f"{m.hostname}.cfg") for m in model.modems)
     if cfg.render.provvoip:
-        wanted += [("mta", f"mta-{t.id}.cfg") for t in model.mtas]
-    return [f"{sub}/{name}" for sub, name in wanted if name not in present[sub]]
+        mtas = (("mta", f"mta-{t.id}.cfg") for t in model.mtas)
+        wanted = itertools.chain(wanted, mtas)
+    count, first = 0, list[str]()
+    for sub, name in wanted:  # one at a time: with an empty TFTP root that is every host
+        if name not in present[sub]:
+            count += 1
+            if len(first) < keep:
+                first.append(f"{sub}/{name}")
+    return count, first
 
 
 # --- validation by the real daemons ------------------------------------------------------------

@@ -175,7 +175,9 @@ class Renderer:
             "utc_offset": utc_offset(cfg.render.timezone, facts.now),
             "provision_server": provision_server(facts.fqdn),
             "omapi": facts.omapi,
-            "ignore_cpe_modems": [m for m in model.modems if m.hostname in facts.network_access],
+            "ignore_cpe_modems": [m for m in model.modems if m.hostname in facts.network_access]
+            if facts.network_access
+            else [],
             "time_networks": [str(n) for n in time_nets],
             "ddns_script": cfg.paths.named_ddns_script,
             "cpe_key_file": cfg.paths.ddns_cpe_key,

@@ -8,7 +8,7 @@ import datetime
 import pytest
 
 from provhad import db, model
-from provhad.snapshot import PackedRows, Snapshot, Table
+from provhad.snapshot import PackedRows, Packer, Snapshot, Table
 from provhad.testbed import ScratchDatabase
 from tests import rows
 from tests.test_cli_render import insert, seed_small
@@ -131,6 +131,14 @@ def test_packed_rows_unpack_to_the_same_rows() -> None:
     assert packed[4097] == rows[4097] and packed[-1] == rows[-1] and packed[3:6] == rows[3:6]
     table = Table(("id", "hostname", "mac"), packed)
     assert table[7] == {"id": 7, "hostname": "cm-7", "mac": "02:00:00:00:00:01"}
+    # the model's packed rows: made into its NamedTuples as they are iterated
+    packer: Packer[model.Mta] = Packer(model.Mta._make, per_blob=3)
+    for i in range(7):
+        packer.append((i, f"02:00:00:00:00:{i:02x}"))
+    mtas = packer.done()
+    assert len(mtas) == 7 and len(mtas.blobs) == 3
+    assert list(mtas) == [model.Mta(i, f"02:00:00:00:00:{i:02x}") for i in range(7)]
+    assert mtas[6].mac == "02:00:00:00:00:06" and mtas == list(mtas) and mtas != list(mtas)[:6]
     # a type marshal does not take: kept as it is rather than failing the read
     odd = [(1, datetime.date(2026, 11, 25))]
     assert PackedRows.pack(odd) is odd

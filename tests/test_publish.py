@@ -201,7 +201,12 @@ def test_missing_configfiles_are_listed(tmp_path: Path) -> None:
     (tmp_path / "tftpboot/cm/cm-100001.conf").write_text("Main { NetworkAccess 1; }\n")
     res = cycle.apply(cfg, rows.small(), cycle.gather_facts(cfg))
     assert res.missing_configfiles == ["cm/cm-100001.cfg", "cm/cm-100002.cfg", "mta/mta-300000.cfg"]
+    assert res.missing_count == 3
     assert "configfiles missing under the TFTP root: 3" in cycle.summary(res)
+    assert res.model is not None
+    # a big network with an empty TFTP root: counted in full, a few kept as examples
+    count, first = publish.missing_configfiles(cfg, res.model, keep=2)
+    assert (count, first) == (3, ["cm/cm-100001.cfg", "cm/cm-100002.cfg"])
 
 
 def test_ignore_cpe_with_multiple_provisioning_systems(tmp_path: Path) -> None:
