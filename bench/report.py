@@ -249,9 +249,11 @@ def main() -> None:
         "snapshot's transaction); a full read is PyMySQL decoding every row (about 3 us per "
         "row). The model validates every row on every rebuild, and the renderer writes every "
         "host: caching both per chunk, as the reads are, is the next step for big networks. "
-        "The peak RSS is the model (one small tuple and two strings per host) and the rendered "
-        "set, held whole so that it can be compared with the live set, validated and swapped "
-        "as one; rows are kept marshalled (about 45 MB at 500k) and the output is encoded "
+        "The full rebuild is bound by PyMySQL decoding every row (about 3 us per row; one "
+        "consistent snapshot is one connection, so it cannot be spread over several). "
+        "The peak RSS is mostly the rendered set, held whole so that it can be compared with "
+        "the live set, validated and swapped as one; rows and the model's hosts are kept "
+        "marshalled (see docs/architecture.md, Incremental reads) and the output is encoded "
         "without a second copy.",
         "",
     ]
