@@ -120,6 +120,37 @@ async def poll_costs(cfgs: dict[str, config.DatabaseConfig], rounds: int) -> dic
     return costs
 
 
+async def busy_poll_costs(
+    cfgs: dict[str, config.DatabaseConfig], servers: dict[str, MariaDB], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per provhad poll when something unrelated committed since the last one (a busy
+    NMS Prime database): the commit position moved, so the watched columns are fingerprinted,
+    and nothing relevant changed. Round-robin over the sizes like :func:`poll_costs`."""
+    for server in servers.values():
+        with server.admin() as conn, conn.cursor() as cur:
+            cur.execute("CREATE DATABASE IF NOT EXISTS unrelated")
+            cur.execute("CREATE TABLE IF NOT EXISTS unrelated.ticks (id SERIAL PRIMARY KEY)")
+    watchers = {n: db.Watcher(cfg) for n, cfg in cfgs.items()}
+    for w in watchers.values():
+        await w.changed()
+    costs: dict[str, list[float]] = {n: [] for n in cfgs}
+    conns = {n: server.admin() for n, server in servers.items()}
+    try:
+        for _ in range(rounds):
+            for n, w in watchers.items():
+                with conns[n].cursor() as cur:
+                    cur.execute("INSERT INTO unrelated.ticks VALUES ()")
+                t = time.perf_counter()
+                assert await w.changed() == []
+                costs[n].append(time.perf_counter() - t)
+    finally:
+        for conn in conns.values():
+            conn.close()
+        for w in watchers.values():
+            w.close()
+    return costs
+
+
 def upstream_poll_costs(servers: dict[str, MariaDB], rounds: int) -> dict[str, list[float]]:
     """Upstream's detection (the newest updated_at of provha and five tables) per run, at each
     size, round-robin like :func:`poll_costs`."""
@@ -391,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
             cfgs = {k: config.load(work / f"s{k}" / "provhad.toml").database for k in servers}
             polls = asyncio.run(poll_costs(cfgs, 300))
             up_polls = upstream_poll_costs(servers, 30)
+            busy = asyncio.run(busy_poll_costs(cfgs, servers, 20))
             for size in servers:
                 results["sizes"][size]["poll_cost_s"] = spread(polls[size])
                 results["sizes"][size]["upstream"]["poll_cost_s"] = spread(up_polls[size])
+                results["sizes"][size]["busy_poll_cost_s"] = spread(busy[size])
         with network(work / "live", 10_000) as server, Mosquitto(work / "mqtt") as broker:
             changes = 20 if args.quick else 50
             print("== latency (poll)", flush=True)
@@ -436,6 +469,7 @@ def flatten(r: dict[str, Any]) -> dict[str, Any]:
         "dhcpd_parse_s": per_size("dhcpd_parse_s"),
         "peak_rss_mb": per_size("peak_rss_mb"),
         "poll_cost_s": per_size("poll_cost_s"),
+        "busy_poll_cost_s": per_size("busy_poll_cost_s"),
         "latency_poll_p99_s": lp["p99"],
         "latency_mqtt_p99_s": lm["p99"],
         "poll_interval_s": r["poll_interval_s"],
