@@ -83,12 +83,18 @@ class Result:
         return bool(self.written or self.removed)
 
 
-def gather_facts(cfg: Config) -> HostFacts:
+def gather_facts(cfg: Config, snap: Snapshot | None = None) -> HostFacts:
+    """What the set depends on besides the database: time, FQDN, OMAPI key, TFTP configs.
+
+    With ``snap``, the TFTP configs (one file per modem) are read only when its provbase row
+    sets ``multiple_provisioning_systems``, the one case ignore-cpe.conf lists them.
+    """
+    needed = snap is None or any(r.get("multiple_provisioning_systems") for r in snap.provbase)
     return HostFacts(
         now=dt.datetime.now(dt.UTC),
         fqdn=cfg.fqdn(),
         omapi=publish.find_omapi_key(cfg),
-        network_access=publish.network_access_hosts(cfg),
+        network_access=publish.network_access_hosts(cfg) if needed else frozenset(),
     )
 
 
@@ -266,7 +272,7 @@ async def render_once(cfg: Config) -> Result:
         except db.DatabaseError as exc:
             return Result(error=str(exc))
         try:
-            return apply(cfg, snap, gather_facts(cfg))
+            return apply(cfg, snap, gather_facts(cfg, snap))
         except publish.PublishError as exc:
             return Result(node=snap.node, error=str(exc))
 

@@ -304,7 +304,7 @@ class Daemon:
             self.log.warning("cycle_skipped", trigger=trigger, error=str(exc))
             return None
         self.state.db_ok, self.state.db_node, self.state.db_error = True, snap.node, ""
-        facts = cycle.gather_facts(self.cfg)
+        facts = cycle.gather_facts(self.cfg, snap)
         self.beat()
         try:
             result = await asyncio.to_thread(

@@ -217,7 +217,8 @@ def test_ignore_cpe_with_multiple_provisioning_systems(tmp_path: Path) -> None:
     snap = dataclasses.replace(
         rows.small(), provbase=[rows.provbase(multiple_provisioning_systems=1)]
     )
-    res = cycle.apply(cfg, snap, cycle.gather_facts(cfg))
+    assert cycle.gather_facts(cfg, rows.small()).network_access == frozenset()  # not read
+    res = cycle.apply(cfg, snap, cycle.gather_facts(cfg, snap))
     assert res.ok, res.problems
     text = (tmp_path / "etc/dhcp-nmsprime/ignore-cpe.conf").read_text()
     assert "(option agent.remote-id != 00:11:22:33:44:01)" in text
