@@ -149,8 +149,10 @@ def main() -> None:
         "before each poll, so the commit position moved and provhad fingerprinted the watched "
         "columns of every watched table to find that nothing relevant changed. That is a scan "
         "of those tables, so it grows with the network. On a database that commits all the "
-        "time, every poll costs this much: at big sizes raise `[watch] poll_interval` and let "
-        "the master ask for rebuilds over MQTT (`provhad trigger`) for latency.",
+        "time, every poll costs this much; `[watch] max_poll_share` (default 0.1) stretches "
+        "the pause after such polls so that they keep the server busy at most that share of "
+        "the time, and the master can ask for rebuilds over MQTT (`provhad trigger`) for "
+        "latency.",
         "",
     ]
     lp, lm = d["latency_poll"], d["latency_mqtt"]

@@ -104,6 +104,8 @@ class WatchConfig:
     periodic_command: tuple[str, ...] = ()
     periodic_command_timeout: float = 600.0
     stall_timeout: float = 300.0
+    #: share of the time polls may keep the database busy; longer pauses when they cost more
+    max_poll_share: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,12 @@ def _check_timezone(value: Any) -> str:
 SEVERITIES = ("ok", "warning", "critical")
 
 
+def _check_share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"{value!r} is not a share greater than 0 and at most 1")
+    return float(value)
+
+
 def _check_severity(value: Any) -> str:
     if value not in SEVERITIES:
         raise ValueError(f"{value!r} is not one of {', '.join(SEVERITIES)}")
@@ -273,6 +281,7 @@ _SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("render", "fqdn"): _check_fqdn,
     ("check", "db_fallback"): _check_severity,
     ("check", "db_down"): _check_severity,
+    ("watch", "max_poll_share"): _check_share,
 }
 
 #: integer keys with a range (inclusive)

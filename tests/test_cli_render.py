@@ -229,6 +229,7 @@ def test_database_unreachable(tmp_path: Path) -> None:
         ('[render]\nfqdn = "a\\"b"\n', "render.fqdn: "),
         ('[database]\nhosts = ["db;1"]\n', 'is not "host" or "host:port"'),
         ("[database\n", "invalid TOML"),
+        ("[watch]\nmax_poll_share = 1.5\n", "watch.max_poll_share: 1.5 is not a share"),
     ],
 )
 def test_config_errors(tmp_path: Path, text: str, expect: str) -> None:
@@ -262,3 +263,21 @@ def test_bracketed_ipv6_hosts() -> None:
         ("db1", 3306),
         ("db2", 3308),
     ]
+
+
+def test_every_key_is_documented_and_in_the_example() -> None:
+    import dataclasses
+    import re
+
+    from provhad import config
+
+    repo = Path(__file__).resolve().parent.parent
+    docs = (repo / "docs/configuration.md").read_text()
+    example = (repo / "systemd/provhad.toml").read_text()
+    for section, cls in config._SECTIONS.items():
+        part = docs.split(f"## `[{section}]`", 1)
+        assert len(part) == 2, f"docs/configuration.md has no [{section}] section"
+        body = part[1].split("\n## ", 1)[0]
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in body, f"[{section}] {f.name} is not documented"
+            assert re.search(rf"^#? ?{f.name} *=", example, re.M), f"{f.name} not in the example"

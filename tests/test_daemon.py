@@ -466,3 +466,15 @@ def test_database_outage_later_degrades_then_recovers(lab: DaemonLab, mariadb: M
     assert "db 127.0.0.1" in status and "ok" in status
     assert "cm-100079" in lab.file("modems-host.conf")
     assert lab.stop() == 0
+
+
+def test_poll_pause_keeps_the_database_share_bounded() -> None:
+    from provhad.daemon import poll_pause
+
+    # a cheap poll (commit position unchanged): the configured interval
+    assert poll_pause(1.0, 0.001, 0.1) == 1.0
+    # a busy database at 500k modems: each poll fingerprints for 0.28 s; at most 10 % busy
+    pause = poll_pause(1.0, 0.28, 0.1)
+    assert pause == pytest.approx(2.52)
+    assert 0.28 / (0.28 + pause) == pytest.approx(0.1)
+    assert poll_pause(1.0, 0.28, 1.0) == 1.0  # share 1: never stretched
