@@ -83,18 +83,23 @@ class Result:
         return bool(self.written or self.removed)
 
 
-def gather_facts(cfg: Config, snap: Snapshot | None = None) -> HostFacts:
+def gather_facts(
+    cfg: Config,
+    snap: Snapshot | None = None,
+    tftp_cache: dict[str, tuple[publish.ConfStamp, bool]] | None = None,
+) -> HostFacts:
     """What the set depends on besides the database: time, FQDN, OMAPI key, TFTP configs.
 
     With ``snap``, the TFTP configs (one file per modem) are read only when its provbase row
-    sets ``multiple_provisioning_systems``, the one case ignore-cpe.conf lists them.
+    sets ``multiple_provisioning_systems``, the one case ignore-cpe.conf lists them; with
+    ``tftp_cache`` only those that changed (see :func:`publish.network_access_hosts`).
     """
     needed = snap is None or any(r.get("multiple_provisioning_systems") for r in snap.provbase)
     return HostFacts(
         now=dt.datetime.now(dt.UTC),
         fqdn=cfg.fqdn(),
         omapi=publish.find_omapi_key(cfg),
-        network_access=publish.network_access_hosts(cfg) if needed else frozenset(),
+        network_access=publish.network_access_hosts(cfg, tftp_cache) if needed else frozenset(),
     )
 
 

@@ -147,6 +147,8 @@ class Daemon:
         self.watcher = db.Watcher(self.cfg.database)
         # the big tables of the last snapshot: a change re-reads only the chunks it touched
         self.rows = db.RowCache()
+        # what the TFTP cm/*.conf files say, by file stamp (read again when they change)
+        self.tftp: dict[str, tuple[publish.ConfStamp, bool]] = {}
         self.watchdog: Watchdog | None = None
         self.mqtt: Any = None
         self.restart_due: float | None = None
@@ -315,7 +317,9 @@ class Daemon:
             self.log.warning("cycle_skipped", trigger=trigger, error=str(exc))
             return None
         self.state.db_ok, self.state.db_node, self.state.db_error = True, snap.node, ""
-        facts = cycle.gather_facts(self.cfg, snap)
+        if full:
+            self.tftp.clear()  # the reconciliation trusts no cache
+        facts = cycle.gather_facts(self.cfg, snap, self.tftp)
         self.beat()
         try:
             result = await asyncio.to_thread(

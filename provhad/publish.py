@@ -146,18 +146,40 @@ def find_omapi_key(cfg: Config) -> OmapiKey | None:
     return None
 
 
-def network_access_hosts(cfg: Config) -> frozenset[str]:
-    """Modems whose TFTP ``cm/<hostname>.conf`` says ``NetworkAccess 1`` (for ignore-cpe.conf)."""
+_NETWORK_ACCESS = re.compile(r"NetworkAccess\s+1\s*;")
+#: what identifies a TFTP .conf file's content without reading it: inode, size, mtime, ctime
+ConfStamp = tuple[int, int, int, int]
+
+
+def network_access_hosts(
+    cfg: Config, cache: dict[str, tuple[ConfStamp, bool]] | None = None
+) -> frozenset[str]:
+    """Modems whose TFTP ``cm/<hostname>.conf`` says ``NetworkAccess 1`` (for ignore-cpe.conf).
+
+    There is one such file per modem. With ``cache`` (kept by the caller between cycles),
+    a file whose inode, size and times are unchanged is not read again; the caller drops
+    the cache now and then (the daemon at every full read), because a rewrite of the same
+    size within one tick of the file system's clock keeps all four.
+    """
     cm_dir = cfg.paths.under_root(cfg.paths.tftp_root) / "cm"
-    out = set()
+    seen: dict[str, tuple[ConfStamp, bool]] = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(cm_dir):
-            if entry.name.endswith(".conf"):
-                with contextlib.suppress(OSError):
-                    text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
-                    if re.search(r"NetworkAccess\s+1\s*;", text):
-                        out.add(entry.name[: -len(".conf")])
-    return frozenset(out)
+            if not entry.name.endswith(".conf"):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat()
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = cache.get(entry.name) if cache is not None else None
+                if known is not None and known[0] == stamp:
+                    seen[entry.name] = known
+                    continue
+                text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
+                seen[entry.name] = (stamp, _NETWORK_ACCESS.search(text) is not None)
+    if cache is not None:
+        cache.clear()
+        cache.update(seen)
+    return frozenset(name[: -len(".conf")] for name, (_, access) in seen.items() if access)
 
 
 def missing_configfiles(cfg: Config, model: Model, keep: int = 20) -> tuple[int, list[str]]:

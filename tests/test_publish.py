@@ -285,3 +285,22 @@ def test_quiet_gc_restores_the_collector() -> None:
     with pytest.raises(RuntimeError), cycle.quiet_gc():
         raise RuntimeError("a failed rebuild")
     assert gc.isenabled()
+
+
+def test_tftp_configs_are_read_again_only_when_they_change(tmp_path: Path) -> None:
+    cfg = cfg_for(tmp_path)
+    cm = tmp_path / "tftpboot/cm"
+    cm.mkdir(parents=True)
+    (cm / "cm-1.conf").write_text("Main { NetworkAccess 1; }\n")
+    (cm / "cm-2.conf").write_text("Main { NetworkAccess 0; }\n")
+    cache: dict[str, tuple[publish.ConfStamp, bool]] = {}
+    assert publish.network_access_hosts(cfg, cache) == {"cm-1"}
+    # unchanged files are answered from the cache: a planted answer shows it was not read
+    cache["cm-2.conf"] = (cache["cm-2.conf"][0], True)
+    assert publish.network_access_hosts(cfg, cache) == {"cm-1", "cm-2"}
+    (cm / "cm-2.conf").write_text("Main { NetworkAccess 0; MaxCPE 4; }\n")
+    assert publish.network_access_hosts(cfg, cache) == {"cm-1"}  # changed: read again
+    (cm / "cm-1.conf").unlink()
+    assert publish.network_access_hosts(cfg, cache) == frozenset()
+    assert set(cache) == {"cm-2.conf"}  # a removed file leaves the cache too
+    assert publish.network_access_hosts(cfg) == frozenset()  # no cache: every file read
