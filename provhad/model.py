@@ -426,7 +426,10 @@ def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
         (str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b))) for a, b in pieces
     )
     optional = row.get("optional")
-    optional = None if blank(optional) else str(optional)
+    # One line ending, as dhcpd knows it: the GUI's textarea sends CRLF, and a lone CR is a
+    # line break to editors and to Python but not to dhcpd (`#\r"` is a comment to dhcpd, a
+    # comment and a quote to a person reading the file).
+    optional = None if blank(optional) else str(optional).replace("\r\n", "\n").replace("\r", "\n")
     return Pool(
         id=int(row["id"]),
         netgw_id=int(row["netgw_id"]),

@@ -82,7 +82,16 @@ def test_cpepub_range_has_fixed_ips_cut_out() -> None:
 
 
 def test_unsafe_optional_is_dropped_but_pool_kept() -> None:
-    for bad in ['}\ninclude "/etc/passwd";', 'include "/x";', 'option a "b;', "{ x;", "x; } y {"]:
+    # '#\r"': dhcpd's comment runs to LF, but to a person (and Python) the CR ends it and the
+    # quote opens a string; as one line ending it is an unterminated string (found by hypothesis)
+    for bad in [
+        '}\ninclude "/etc/passwd";',
+        'include "/x";',
+        'option a "b;',
+        "{ x;",
+        "x; } y {",
+        '#\r"',
+    ]:
         m = _with_pool(optional=bad)
         assert 1 in {p.id for p in m.pools}, bad
         assert next(p for p in m.pools if p.id == 1).optional is None
@@ -94,6 +103,9 @@ def test_safe_optional_is_kept() -> None:
         'option domain-name "a;}{b"; # } comment {\nif exists agent.remote-id { log(info, "x"); }'
     )
     assert next(p for p in _with_pool(optional=text).pools if p.id == 1).optional == text
+    # the GUI's textarea sends CRLF: one line ending, as dhcpd knows it
+    crlf = next(p for p in _with_pool(optional="ddns-updates on;\r\nx 1;\ry 2;").pools if p.id == 1)
+    assert crlf.optional == "ddns-updates on;\nx 1;\ny 2;"
 
 
 def test_host_names_are_one_namespace() -> None:
