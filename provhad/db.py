@@ -201,7 +201,8 @@ class RowCache:
 
 
 def _group(rows: Iterable[tuple[Any, ...]]) -> dict[int, list[tuple[Any, ...]]]:
-    """Rows (ordered by id, id first) per chunk of ids."""
+    """Rows (ordered by id, id first) per chunk of ids; ``//`` agrees with SQL's ``DIV``
+    because the ids are unsigned (schema.sql)."""
     out: dict[int, list[tuple[Any, ...]]] = {}
     for row in rows:
         out.setdefault(int(row[0]) // CHUNK_IDS, []).append(row)
@@ -238,7 +239,7 @@ async def _read_big(
         if k in fresh:
             # the columns are ints, strings and NULLs: all marshal takes
             chunks[k] = (prints[k], marshal.dumps(fresh[k]))
-        elif old is not None and k in old:
+        elif old is not None and k in old and old[k][0] == prints[k]:
             chunks[k] = old[k]
         else:  # in no consistent snapshot: the fingerprint and the rows are one transaction
             raise pymysql.err.InternalError(f"{name}: chunk {k} fingerprinted but not read")
