@@ -14,8 +14,8 @@ import pytest
 from provhad import check, cli
 from provhad.config import CheckConfig
 from provhad.daemon import State
+from tests.test_cli_render import provhad
 
-REPO = Path(__file__).resolve().parent.parent
 LINE = re.compile(
     r"^PROVHAD (?P<status>OK|WARNING|CRITICAL|UNKNOWN) - (?P<text>[^|\n]+?)"
     r"(?: \| (?P<perf>[^|\n]+))?\n$"
@@ -155,14 +155,7 @@ def test_configuration_error_is_unknown(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_usage_error_is_unknown() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "provhad.cli", "check", "-w", "soon"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-        timeout=60,
-    )
+    proc = provhad("check", "-w", "soon")
     assert proc.returncode == 3
     assert proc.stdout.startswith("PROVHAD UNKNOWN - usage: argument -w/--warning: 'soon'")
 

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from provhad import publish
 from provhad.daemon import next_offset_change
 from provhad.testbed import MariaDB, ScratchDatabase
 from tests.daemon_lab import REPO, DaemonLab, Gate
-from tests.test_cli_render import seed_small
+from tests.test_cli_render import provhad, seed_small
 
 
 @pytest.fixture
@@ -253,22 +252,10 @@ def test_status_command(lab: DaemonLab) -> None:
     lab.start()
     lab.wait(lambda m: m.get("READY") == "1")
     assert lab.stop() == 0
-    out = subprocess.run(
-        [sys.executable, "-m", "provhad.cli", "status", "--config", str(lab.conf)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
+    out = provhad("status", "--config", lab.conf)
     assert out.returncode == 0
     assert "live generation:     1" in out.stdout and "database:            ok" in out.stdout
-    as_json = subprocess.run(
-        [sys.executable, "-m", "provhad.cli", "status", "--json", "--config", str(lab.conf)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
+    as_json = provhad("status", "--json", "--config", lab.conf)
     data = json.loads(as_json.stdout)
     assert data["generation"] == 1 and data["restart_pending"] is False
     assert data["status"] == "stopped"
@@ -292,13 +279,7 @@ def test_shrink_guard_holds_until_a_person_confirms(lab: DaemonLab) -> None:
     status = lab.wait_status("HELD")
     assert "shrink guard: hosts would drop from 6 to 1" in status and "live gen 1" in status
     assert "cm-100000" in lab.file("modems-host.conf")
-    confirm = subprocess.run(
-        [sys.executable, "-m", "provhad.cli", "confirm-shrink", "--config", str(lab.conf)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
+    confirm = provhad("confirm-shrink", "--config", lab.conf)
     assert confirm.returncode == 0
     assert lab.proc is not None
     lab.proc.send_signal(signal.SIGHUP)

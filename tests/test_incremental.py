@@ -8,7 +8,15 @@ import datetime
 import pytest
 
 from provhad import db, model
-from provhad.snapshot import PackedRows, Packer, Snapshot, Table
+from provhad.snapshot import (
+    ENDPOINT_COLUMNS,
+    MODEM_COLUMNS,
+    MTA_COLUMNS,
+    PackedRows,
+    Packer,
+    Snapshot,
+    Table,
+)
 from provhad.testbed import ScratchDatabase
 from tests import rows
 from tests.test_cli_render import insert, seed_small
@@ -81,6 +89,14 @@ async def test_incremental_reads_equal_full_reads(seeded: ScratchDatabase) -> No
     first = await db.read_snapshot(cfg, cache, full=True)
     _same(first, await db.read_snapshot(cfg))
     assert cache.last_read["modem"] == (3, 3)  # a full read: every chunk
+    # db.BIG selects the columns in the order the model reads them (its fast path)
+    for table, columns in (
+        ("modem", MODEM_COLUMNS),
+        ("mta", MTA_COLUMNS),
+        ("endpoint", ENDPOINT_COLUMNS),
+    ):
+        read = getattr(first, table)
+        assert isinstance(read, Table) and read.columns == columns, table
     for statement, expect in CHANGES:
         before = {t: total for t, (_, total) in cache.last_read.items()}
         sql(seeded, statement)
