@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from provhad import db
 from provhad.config import CheckConfig, Config
-from provhad.daemon import STATE_FILE, State
+from provhad.state import STATE_FILE, State
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -112,7 +112,11 @@ def evaluate(
     if not state.dhcpd_last_restart_ok:
         add(CRITICAL, f"dhcpd restart FAILED: {state.dhcpd_error}")
     elif state.restart_pending:
-        add(WARNING, f"dhcpd restart pending (gen {state.dhcpd_applied} not restarted)")
+        add(
+            WARNING,
+            f"dhcpd restart pending (live gen {state.generation}, dhcpd runs gen "
+            f"{state.dhcpd_running_generation})",
+        )
 
     if not state.db_ok:
         add(_SEVERITY[limits.db_down], f"database DOWN: {state.db_error or 'no node'}")
@@ -189,11 +193,7 @@ def _names_provhad(arg: bytes) -> bool:
 
 def load_state(state_dir: Path) -> State:
     """The saved state. Raises OSError or ValueError when it is missing or unreadable."""
-    data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    known = {f.name for f in fields(State)}
-    return State(**{k: v for k, v in data.items() if k in known})
+    return State.parse(json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")))
 
 
 def preferred_node(cfg: Config) -> str:

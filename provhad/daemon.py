@@ -1,133 +1,118 @@
-"""``provhad run``: the long-running rebuild daemon.
+"""``provhad run``: wiring of the long-running daemon.
 
-Shaped like uvicorn's Config + Server: :class:`Daemon` owns startup, the main loop, signal
-handling and shutdown. Triggers (database poll, the periodic rebuild, MQTT, SIGHUP, the next
-UTC-offset change) only put :class:`Trigger` objects into a queue; the main loop debounces them
-and runs one cycle (``cycle.apply``) at a time, then restarts or reloads what changed.
+Shaped like uvicorn's Config + Server: :class:`Daemon` owns startup, the main loop, signals and
+shutdown, over parts that each do one thing:
+
+- :class:`Poller` watches the database and queues a trigger per change;
+- :class:`~provhad.scheduler.Scheduler` says which timers are due (periodic rebuild, retry,
+  UTC-offset change) and :class:`~provhad.scheduler.Debounce` closes bursts;
+- the main loop runs one cycle (``cycle.apply``) at a time and reloads named and chronyd;
+- :class:`~provhad.supervisor.Supervisor` brings dhcpd up to date beside the main loop, so
+  polling, reporting and the watchdog go on during a restart;
+- :class:`~provhad.report.Reporter` tells systemd, the state file and MQTT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import os
 import signal
 import socket
 import time
-import zoneinfo
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from provhad import config, cycle, db, log, publish, services
+from provhad import config, cycle, db, generations, log, services
+from provhad.config import Config
 from provhad.notify import Notifier, Watchdog, watchdog_interval
 from provhad.render import CHRONY, DHCPD, NAMED
+from provhad.report import Reporter
+from provhad.scheduler import FULL_READ, Debounce, Scheduler, Trigger, poll_pause
+from provhad.services import Outcome
+from provhad.state import DhcpdFiles, State, now_iso
+from provhad.supervisor import Pacing, Supervisor
 from provhad.tasks import cancel_and_wait
 
-STATE_FILE = "state.json"
-#: Triggers whose cycle reads every row again rather than only the changed chunks.
-FULL_READ = frozenset({"startup", "periodic", "sighup", "retry"})
 #: Seconds the helper tasks get to stop (the MQTT link says "offline" and disconnects).
 STOP_GRACE = 15.0
+#: How long startup waits for another writer (``provhad render``) to finish.
+LOCK_WAIT = 120.0
+#: The main loop wakes at least this often while waiting for a restart to end.
+BEAT_EVERY = 1.0
+#: Keys SIGHUP cannot change: they need ``systemctl restart provhad``.
+RESTART_KEYS = (("paths", "state_dir"), ("paths", "root"))
 
 
-@dataclass(frozen=True)
-class Trigger:
-    """Why a rebuild is wanted."""
+class Poller:
+    """Polls the database for changes and queues a ``poll`` trigger per change; never ends
+    because the database is gone. Its state changes (down, back up) are reported at once."""
 
-    kind: str  # startup, poll, periodic, mqtt, sighup, dst, retry
-    detail: str = ""
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.watcher = db.Watcher(daemon.cfg.database)
 
+    def replace(self, cfg: Config) -> None:
+        """New database settings (SIGHUP): a new watcher; fingerprints start over."""
+        self.watcher.close()
+        self.watcher = db.Watcher(cfg.database)
 
-@dataclass
-class State:
-    """What the daemon knows; saved as JSON after every cycle (``provhad status`` reads it)."""
-
-    pid: int = 0
-    node: str = ""
-    started_at: str = ""
-    status: str = "starting"
-    last_cycle_at: str = ""
-    last_cycle_ok: bool = False
-    last_success_at: str = ""
-    last_trigger: str = ""
-    last_duration_ms: float = 0.0
-    last_error: str = ""
-    generation: int | None = None
-    db_ok: bool = False
-    db_node: str = ""
-    db_error: str = ""
-    mqtt: str = "off"
-    counts: dict[str, int] = field(default_factory=dict)
-    rejected: list[str] = field(default_factory=list)
-    missing_configfiles: int = 0
-    #: dhcpd: the generation whose files are live vs the one dhcpd was last restarted with
-    dhcpd_applied: int | None = None
-    dhcpd_restarted: int | None = None
-    dhcpd_last_restart_at: str = ""
-    dhcpd_last_restart_ok: bool = True
-    dhcpd_error: str = ""
-    dhcpd_applied_set: str = ""
-    held_set: str = ""
-    held_reason: str = ""
-    rollbacks: int = 0
-
-    @property
-    def restart_pending(self) -> bool:
-        return self.dhcpd_applied != self.dhcpd_restarted
-
-    def save(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_dir / f".{STATE_FILE}.tmp"
-        data = asdict(self) | {"restart_pending": self.restart_pending}
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, state_dir / STATE_FILE)
-
-    @staticmethod
-    def load(state_dir: Path) -> State:
+    async def once(self) -> float | None:
+        """One poll; the seconds a successful one took, None when it failed."""
+        s = self.d.state
+        started = time.monotonic()
         try:
-            data = json.loads((state_dir / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            return State()
-        known = {f for f in State.__dataclass_fields__}
-        return State(**{k: v for k, v in data.items() if k in known})
+            changed = await self.watcher.changed()
+        except db.DatabaseError as exc:
+            if s.db_ok or s.db_error != str(exc):
+                if s.db_ok or not s.db_error:
+                    self.d.log.warning("db_down", error=str(exc))
+                s.db_ok, s.db_error = False, str(exc)
+                self.d.reporter.report()
+            return None
+        took = time.monotonic() - started
+        if not s.db_ok or s.db_node != self.watcher.node:
+            was_down = not s.db_ok
+            s.db_ok, s.db_node, s.db_error = True, self.watcher.node, ""
+            if was_down:
+                self.d.log.info("db_up", node=self.watcher.node)
+                if not s.last_cycle_ok:
+                    self.d.want("retry", "database back")
+            self.d.reporter.report()
+        if changed:
+            self.d.want("poll", ",".join(changed))
+        return took
+
+    async def run(self) -> None:
+        while True:
+            cost = await self.once()
+            w = self.d.cfg.watch
+            await asyncio.sleep(poll_pause(w.poll_interval, cost, w.max_poll_share))
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+class DhcpdPorts:
+    """The supervisor's effects on this host: dhcpd's files, its unit, the generation store."""
 
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.files = DhcpdFiles(daemon.cfg.paths.under_root(daemon.cfg.paths.dhcp_dir))
 
-def next_offset_change(
-    timezone: str, after: dt.datetime, horizon_days: int = 400
-) -> dt.datetime | None:
-    """The next instant (a whole second) at which the UTC offset of ``timezone`` changes."""
-    tz = zoneinfo.ZoneInfo(timezone)
-    base = int(after.timestamp())
+    async def applied(self) -> str:
+        return await asyncio.to_thread(self.files.digest)
 
-    def offset(ts: int) -> dt.timedelta | None:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).astimezone(tz).utcoffset()
+    async def restart(self, timeout: float) -> Outcome:
+        return await services.restart_dhcpd(self.d.cfg, timeout)
 
-    start = offset(base)
-    lo = base
-    for day in range(1, horizon_days + 1):
-        hi = base + day * 86400
-        if offset(hi) != start:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if offset(mid) == start else (lo, mid)
-            return dt.datetime.fromtimestamp(hi, dt.UTC)
-        lo = hi
-    return None
+    async def mark_running(self) -> int | None:
+        manifest = await asyncio.to_thread(generations.mark_running, self.d.state_dir)
+        return manifest.generation if manifest is not None else None
 
-
-def poll_pause(interval: float, spent: float, share: float) -> float:
-    """Seconds to wait after a poll that took ``spent``: ``interval``, stretched so that polls
-    keep the database busy for at most ``share`` of the time. On a database that commits
-    all the time every poll fingerprints the watched columns, which at 500k modems takes a
-    few hundred milliseconds of the server's time."""
-    return max(interval, spent * (1 - share) / share)
+    async def rollback(self) -> int | None:
+        manifest = await asyncio.to_thread(generations.rollback, self.d.state_dir)
+        if manifest is None:
+            return None
+        # the running set brings its own named key and chrony include back
+        await self.d.reload({NAMED, CHRONY})
+        return manifest.generation
 
 
 class Daemon:
@@ -140,209 +125,167 @@ class Daemon:
         self.state_dir = self.cfg.paths.under_root(self.cfg.paths.state_dir)
         self.node = socket.gethostname()
         self.log = log.get()
-        self.notifier = Notifier()
         self.triggers: asyncio.Queue[Trigger] = asyncio.Queue()
         self.stop = asyncio.Event()
         self.state = State.load(self.state_dir)
-        self.watcher = db.Watcher(self.cfg.database)
+        self.reporter = Reporter(self.state, self.state_dir, Notifier(), self.node)
+        self.scheduler = Scheduler(self.cfg.render.timezone)
+        self.poller = Poller(self)
+        self.supervisor = Supervisor(
+            DhcpdPorts(self), self.state, self.pacing(), self.reporter.report, self.log
+        )
         # the big tables of the last snapshot: a change re-reads only the chunks it touched
         self.rows = db.RowCache()
         # what the TFTP cm/*.conf files say, by file stamp (read again when they change)
-        self.tftp: dict[str, tuple[publish.ConfStamp, bool]] = {}
+        self.tftp: dict[str, tuple[Any, bool]] = {}
         self.watchdog: Watchdog | None = None
-        self.mqtt: Any = None
-        self.restart_due: float | None = None
-        self.periodic_due: float | None = None
-        #: provha.slave_config_rebuild_interval as last read (upstream's default until then)
-        self.rebuild_interval = 3600
-        self.dst_due: float | None = None
-        self.last_restart: float | None = None
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.command: asyncio.Task[None] | None = None
+        self.stop_requests = 0
 
-    # --- reporting -------------------------------------------------------------------------
+    @property
+    def notifier(self) -> Notifier:
+        return self.reporter.notifier
 
-    def status_line(self) -> str:
-        s = self.state
-        gen = f"live gen {s.generation}" if s.generation is not None else "no live set"
-        hosts = s.counts.get("modems", 0) + s.counts.get("mtas", 0) + s.counts.get("endpoints", 0)
-        db_part = f"db {s.db_node or '-'} ok" if s.db_ok else f"db DOWN ({s.db_error[:80]})"
-        parts = [gen, f"{hosts} hosts", f"{len(s.rejected)} rejected", db_part, f"mqtt {s.mqtt}"]
-        if s.last_success_at:
-            parts.insert(1, f"ok {s.last_success_at[11:19]}")
-        if s.restart_pending:
-            parts.append("dhcpd restart pending")
-        if not s.dhcpd_last_restart_ok:
-            parts.append(f"dhcpd restart FAILED ({s.dhcpd_error[:60]})")
-        if s.held_reason:
-            parts.append(f"HELD: {s.held_reason[:80]}")
-        return ", ".join(parts)
-
-    def mqtt_state(self) -> str:
-        if self.mqtt is None:
-            return "off"
-        return "ok" if self.mqtt.connected else f"down ({self.mqtt.last_error[:40]})"
-
-    def report(self) -> None:
-        self.state.mqtt = self.mqtt_state()
-        self.state.status = self.status_line()
-        # the state file first: whoever reacts to STATUS may read it
-        with contextlib.suppress(OSError):
-            self.state.save(self.state_dir)
-        self.notifier.status(self.state.status)
-        if self.mqtt is not None:
-            self.mqtt.publish_status({"state": "online", "node": self.node, **asdict(self.state)})
+    def pacing(self) -> Pacing:
+        return Pacing(self.cfg.watch.min_restart_interval, self.cfg.dhcpd.restart_timeout)
 
     def beat(self) -> None:
         if self.watchdog is not None:
             self.watchdog.beat()
 
-    # --- triggers --------------------------------------------------------------------------
-
     def want(self, kind: str, detail: str = "") -> None:
         self.triggers.put_nowait(Trigger(kind, detail))
 
-    async def poll(self) -> None:
-        """Poll the database for changes; never ends because the database is gone."""
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                changed = await self.watcher.changed()
-                if not self.state.db_ok:
-                    self.log.info("db_up", node=self.watcher.node)
-                    if self.state.last_cycle_ok is False or changed:
-                        self.want("retry", "database back")
-                self.state.db_ok, self.state.db_node, self.state.db_error = (
-                    True,
-                    self.watcher.node,
-                    "",
-                )
-                if changed:
-                    self.want("poll", ",".join(changed))
-            except db.DatabaseError as exc:
-                if self.state.db_ok or not self.state.db_error:
-                    self.log.warning("db_down", error=str(exc))
-                    self.state.db_ok, self.state.db_error = False, str(exc)
-                    self.report()
-            w = self.cfg.watch
-            pause = poll_pause(w.poll_interval, time.monotonic() - started, w.max_poll_share)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), pause)
+    # --- signals ---------------------------------------------------------------------------
 
     def on_sighup(self) -> None:
         self.want("sighup")
 
     def on_stop(self, signame: str) -> None:
+        self.stop_requests += 1
+        if self.stop_requests > 1:
+            # like uvicorn: a second request means now; a swap in flight is finished or
+            # undone by the journal at the next start
+            self.log.warning("forced_exit", signal=signame)
+            os._exit(1)
         self.log.info("stop_requested", signal=signame)
         self.stop.set()
 
-    # --- the cycle -------------------------------------------------------------------------
+    # --- waiting for work ------------------------------------------------------------------
 
-    async def collect(self) -> list[Trigger]:
-        """Wait for a trigger (or a timer), then debounce: a quiet period, at most max_delay."""
-        first = await self.next_trigger()
-        if first is None:
-            return []
-        batch = [first]
-        w = self.cfg.watch
-        begun = time.monotonic()
-        while not self.stop.is_set():
-            remaining = w.max_delay - (time.monotonic() - begun)
-            if remaining <= 0:
-                break
-            try:
-                batch.append(
-                    await asyncio.wait_for(self.triggers.get(), min(w.quiet_period, remaining))
-                )
-            except TimeoutError:
-                break
-        return batch
-
-    def _timers(self) -> dict[str, float]:
-        """The armed timers (kind -> monotonic deadline)."""
-        timers = {"restart": self.restart_due, "periodic": self.periodic_due, "dst": self.dst_due}
-        return {k: v for k, v in timers.items() if v is not None}
-
-    def _disarm(self, kind: str) -> None:
-        setattr(self, f"{kind}_due", None)
-
-    async def next_trigger(self) -> Trigger | None:
-        while not self.stop.is_set():
-            self.beat()  # the idle loop is alive: it woke up
-            if self.mqtt is not None and self.mqtt_state() != self.state.mqtt:
-                self.report()  # the broker came or went between cycles
-            due = self._timers()
-            # wake up well within stall_timeout even when idle, so the watchdog sees a live loop
-            timeout = self.cfg.watch.stall_timeout / 3
-            kind, at = "", 0.0
-            if due:
-                kind, at = min(due.items(), key=lambda kv: kv[1])
-                timeout = min(timeout, max(0.0, at - time.monotonic()))
-            getter = asyncio.ensure_future(self.triggers.get())
-            stopper = asyncio.ensure_future(self.stop.wait())
+    async def _wait(self, timeout: float) -> Trigger | None:
+        """The next queued trigger within ``timeout`` seconds, None otherwise (or on stop)."""
+        getter = asyncio.ensure_future(self.triggers.get())
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
             done, _ = await asyncio.wait(
                 {getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+        finally:
             for fut in (getter, stopper):
-                if fut not in done:
+                if not fut.done():
                     fut.cancel()
-            if getter in done:
-                return getter.result()
-            if stopper in done:
-                return None
-            if due and time.monotonic() >= at:
-                self._disarm(kind)
-                return Trigger(kind)
+        if getter in done:
+            return getter.result()
         return None
 
-    async def run_cycle(self, triggers: list[Trigger]) -> cycle.Result | None:
-        with cycle.quiet_gc():
-            return await self._run_cycle(triggers)
+    async def next_trigger(self) -> Trigger | None:
+        """Wait for a queued trigger or a timer; None when stopping."""
+        while not self.stop.is_set():
+            self.beat()  # the idle loop is alive: it woke up
+            if self.reporter.mqtt is not None and self.reporter.mqtt_state() != self.state.mqtt:
+                self.reporter.report()  # the broker came or went between cycles
+            fired = self.scheduler.due()
+            if fired:
+                for extra in fired[1:]:
+                    self.triggers.put_nowait(extra)
+                return fired[0]
+            # wake well within stall_timeout even when idle, so the watchdog sees a live loop
+            timeout = min(self.cfg.watch.stall_timeout / 3, self.scheduler.wait())
+            trigger = await self._wait(timeout)
+            if trigger is not None:
+                return trigger
+        return None
 
-    async def _run_cycle(self, triggers: list[Trigger]) -> cycle.Result | None:
-        kinds = sorted({t.kind for t in triggers})
-        trigger = ",".join(kinds)
+    async def collect(self) -> list[Trigger]:
+        """A trigger, then whatever follows within the debounce window."""
+        first = await self.next_trigger()
+        if first is None:
+            return []
+        w = self.cfg.watch
+        burst = Debounce(w.quiet_period, w.max_delay, time.monotonic)
+        burst.add()
+        batch = [first]
+        while not self.stop.is_set():
+            left = burst.remaining()
+            if left <= 0:
+                break
+            nxt = await self._wait(left)
+            if nxt is not None:
+                batch.append(nxt)
+                burst.add()
+        # timers that fired meanwhile join this cycle
+        batch.extend(self.scheduler.due())
+        return batch
+
+    # --- the cycle -------------------------------------------------------------------------
+
+    async def _publishing(self) -> None:
+        """Take the supervisor's lock (no swap while dhcpd starts), beating while a bounded
+        restart runs: a hung restart is killed at its timeout, a hung loop starves."""
+        while True:
+            try:
+                await asyncio.wait_for(self.supervisor.lock.acquire(), BEAT_EVERY)
+                return
+            except TimeoutError:
+                since = self.supervisor.busy_since
+                if since is not None and time.monotonic() - since < self.pacing().timeout * 2:
+                    self.beat()
+
+    async def run_cycle(self, triggers: list[Trigger]) -> cycle.Result | None:
+        kinds = frozenset(t.kind for t in triggers)
+        trigger = ",".join(sorted(kinds))
         started = time.monotonic()
         self.state.last_trigger = trigger
-        if kinds == ["restart"]:
-            await self.restart_if_due()
-            return None
-        # the reconciliations read everything; a change (poll, MQTT) only what it touched
+        result: cycle.Result | None = None
+        try:
+            with cycle.quiet_gc():
+                result = await self._cycle(kinds, trigger)
+        except Exception as exc:  # whatever it is, report it and try again later
+            self.log.exception("cycle_failed", trigger=trigger, error=repr(exc))
+            result = cycle.Result(error=f"{type(exc).__name__}: {exc}")
+        self.record(result, trigger, (time.monotonic() - started) * 1000)
+        if result.model is not None:
+            self.scheduler.set_interval(result.model.ha.rebuild_interval)
+        self.scheduler.cycle_done(kinds, result.ok)
+        self.state.failures = self.scheduler.failures
+        if result.ok:
+            await self.after_publish(result, kinds)
+        return result
+
+    async def _cycle(self, kinds: frozenset[str], trigger: str) -> cycle.Result:
         full = not FULL_READ.isdisjoint(kinds)
         try:
             snap = await db.read_snapshot(self.cfg.database, self.rows, full=full)
         except db.DatabaseError as exc:
             self.state.db_ok, self.state.db_error = False, str(exc)
-            self.state.last_cycle_ok, self.state.last_error = False, str(exc)
-            self.state.last_cycle_at = now_iso()
             self.log.warning("cycle_skipped", trigger=trigger, error=str(exc))
-            return None
+            return cycle.Result(error=str(exc))
         self.state.db_ok, self.state.db_node, self.state.db_error = True, snap.node, ""
         if full:
             self.tftp.clear()  # the reconciliation trusts no cache
-        facts = cycle.gather_facts(self.cfg, snap, self.tftp)
+        facts = await asyncio.to_thread(cycle.gather_facts, self.cfg, snap, self.tftp)
         self.beat()
+        await self._publishing()
         try:
             result = await asyncio.to_thread(
                 cycle.apply, self.cfg, snap, facts, self.beat, self.state.held_set
             )
-        except publish.PublishError as exc:
+        except generations.PublishError as exc:
             result = cycle.Result(node=snap.node, error=str(exc))
-        duration = (time.monotonic() - started) * 1000
-        self.record(result, trigger, duration)
-        if result.model is not None:
-            # read live from provha each cycle: a change applies without restarting provhad
-            self.rebuild_interval = max(1, result.model.ha.rebuild_interval)
-        # re-armed after every cycle, failed ones too: the reconciliation must not stop
-        self.periodic_due = time.monotonic() + self.rebuild_interval
-        if "periodic" in kinds and self.cfg.watch.periodic_command:
-            outcome = await services.run(
-                self.cfg.watch.periodic_command, self.cfg.watch.periodic_command_timeout
-            )
-            self.log.info("periodic_command", ok=outcome.ok, result=outcome.describe())
-        nxt = next_offset_change(self.cfg.render.timezone, dt.datetime.now(dt.UTC))
-        if nxt is not None:
-            wall = (nxt - dt.datetime.now(dt.UTC)).total_seconds() + 1
-            self.dst_due = time.monotonic() + wall
+        finally:
+            self.supervisor.lock.release()
         return result
 
     def chunks_read(self) -> str:
@@ -364,7 +307,7 @@ class Daemon:
             s.generation = result.generation
             s.held_set, s.held_reason = "", ""
             if DHCPD in result.services:
-                s.dhcpd_applied, s.dhcpd_applied_set = result.generation, result.set_hash
+                self.supervisor.published_set = result.set_hash
             event = "published" if result.changed else "unchanged"
             self.log.info(
                 event,
@@ -376,16 +319,17 @@ class Daemon:
                 services=sorted(result.services),
                 chunks_read=self.chunks_read(),
             )
-        elif result.held:
+            return
+        # a held set keeps saying why it was held, not "the same set as the one held back"
+        s.last_error = s.held_reason if result.held and s.held_reason else result.error
+        if result.held:
             self.log.debug("held", trigger=trigger, reason=s.held_reason)
         elif result.shrink_held:
             # not remembered as a held set: a person's confirmation must let it through
-            s.last_error, s.held_reason = result.error, result.error
+            s.held_reason = result.error
             self.log.error("shrink_held", trigger=trigger, error=result.error)
-        else:
-            s.last_error = result.error
-            if result.set_hash:
-                s.held_set, s.held_reason = result.set_hash, result.error
+        elif result.set_hash:
+            s.held_set, s.held_reason = result.set_hash, result.error
             self.log.error(
                 "rejected",
                 trigger=trigger,
@@ -393,146 +337,191 @@ class Daemon:
                 problems=result.problems,
                 duration_ms=round(duration_ms, 1),
             )
-
-    async def after_publish(self, result: cycle.Result | None) -> None:
-        if result is not None and result.ok:
-            for service in (NAMED, CHRONY):
-                if service in result.services:
-                    outcome = await services.reload(self.cfg, service)
-                    self.log.info(
-                        "reload", service=service, ok=outcome.ok, result=outcome.describe()
-                    )
-        await self.restart_if_due()
-
-    async def restart_if_due(self) -> None:
-        """Restart dhcpd when its live files differ from what it runs, at most once per
-        min_restart_interval; roll back when it does not come up."""
-        s = self.state
-        if not s.restart_pending:
-            return
-        now = time.monotonic()
-        if (
-            self.last_restart is not None
-            and now - self.last_restart < self.cfg.watch.min_restart_interval
-        ):
-            self.restart_due = self.last_restart + self.cfg.watch.min_restart_interval
-            return
-        self.last_restart = now
-        outcome = await services.restart_dhcpd(self.cfg)
-        s.dhcpd_last_restart_at, s.dhcpd_last_restart_ok = now_iso(), outcome.ok
-        if outcome.ok:
-            s.dhcpd_restarted, s.dhcpd_error = s.dhcpd_applied, ""
-            self.log.info("restarted", service="dhcpd", generation=s.dhcpd_applied)
-            return
-        s.dhcpd_error = outcome.describe()
-        self.log.error(
-            "restart_failed", service="dhcpd", generation=s.dhcpd_applied, error=s.dhcpd_error
-        )
-        manifest = await asyncio.to_thread(publish.rollback, self.state_dir)
-        if manifest is None:
-            self.restart_due = now + self.cfg.watch.min_restart_interval
-            return
-        s.rollbacks += 1
-        s.held_set = s.dhcpd_applied_set
-        s.held_reason = f"dhcpd did not come up with generation {s.dhcpd_applied}; rolled back"
-        s.generation = manifest.generation
-        s.dhcpd_applied = manifest.generation
-        again = await services.restart_dhcpd(self.cfg)
-        s.dhcpd_last_restart_ok = again.ok
-        if again.ok:
-            s.dhcpd_restarted, s.dhcpd_error = s.dhcpd_applied, ""
-            self.log.warning("rolled_back", generation=manifest.generation)
         else:
-            s.dhcpd_error = again.describe()
-            self.restart_due = time.monotonic() + self.cfg.watch.min_restart_interval
-            self.log.error("rollback_restart_failed", error=s.dhcpd_error)
+            self.log.error("cycle_failed", trigger=trigger, error=result.error)
+
+    async def reload(self, which: set[str]) -> None:
+        """Let named and chronyd pick up their files; a failure is an error, not a note."""
+        for service in (NAMED, CHRONY):
+            if service in which:
+                outcome = await services.reload(self.cfg, service)
+                (self.log.info if outcome.ok else self.log.error)(
+                    "reload", service=service, ok=outcome.ok, result=outcome.describe()
+                )
+
+    async def after_publish(self, result: cycle.Result, kinds: frozenset[str]) -> None:
+        await self.reload(result.services)
+        if DHCPD in result.services or "startup" in kinds:
+            self.supervisor.poke()
+        if "periodic" in kinds and self.cfg.watch.periodic_command:
+            self.start_command()
+
+    def start_command(self) -> None:
+        """The periodic command (e.g. NMS Prime's configfile build), beside the loop, never
+        two at once, bounded by its timeout."""
+        if self.command is not None and not self.command.done():
+            self.log.warning("periodic_command_busy")
+            return
+
+        async def run() -> None:
+            w = self.cfg.watch
+            outcome = await services.run(w.periodic_command, w.periodic_command_timeout)
+            self.state.periodic_command = f"{now_iso()} {'ok' if outcome.ok else 'FAILED'}"
+            (self.log.info if outcome.ok else self.log.error)(
+                "periodic_command", ok=outcome.ok, result=outcome.describe()
+            )
+            self.reporter.report()
+
+        self.command = asyncio.create_task(run(), name="periodic_command")
 
     def reload_config(self) -> None:
+        """SIGHUP: read the configuration again and apply every part of it that can change
+        without a restart; say which keys cannot."""
         try:
             new = config.load(self.config_path, root=self.root)
         except config.ConfigError as exc:
             self.log.error("config_reload_failed", error=str(exc))
             return
-        self.cfg = new
+        old, self.cfg = self.cfg, new
+        ignored = [
+            f"{sec}.{key}"
+            for sec, key in RESTART_KEYS
+            if getattr(getattr(old, sec), key) != getattr(getattr(new, sec), key)
+        ]
+        if ignored:
+            self.log.warning("config_needs_restart", keys=ignored)
+        if new.database != old.database:
+            self.poller.replace(new)
+            self.rows = db.RowCache()
+        if new.mqtt != old.mqtt:
+            self._restart_mqtt()
+        if self.watchdog is not None:
+            self.watchdog.stale_after = new.watch.stall_timeout
+        self.supervisor.pacing = self.pacing()
+        self.scheduler.timezone = new.render.timezone
+        self.state.held_set = ""  # the config changed: a held set may pass now
         self.log.info("config_reloaded", source=new.source)
 
+    def _restart_mqtt(self) -> None:
+        old = self.tasks.pop("mqtt", None)
+        if old is not None:
+            old.cancel()  # it says "offline" on its way out
+        self.reporter.mqtt = None
+        if self.cfg.mqtt.host:
+            from provhad.mqtt import MqttLink
+
+            link = MqttLink(
+                self.cfg.mqtt,
+                self.node,
+                lambda p: self.want("mqtt", p[:200]),
+                backoff_max=self.cfg.mqtt.reconnect_max,
+            )
+            self.reporter.mqtt = link
+            self.tasks["mqtt"] = asyncio.create_task(link.run(), name="mqtt")
+
     # --- life cycle ------------------------------------------------------------------------
+
+    async def _take_lock(self) -> generations.WriterLock | None:
+        lock = generations.WriterLock(self.state_dir)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                lock.acquire()
+                return lock
+            except generations.Busy as exc:
+                if time.monotonic() >= deadline:
+                    self.log.error("writer_lock_busy", error=str(exc))
+                    return None
+                self.notifier.status(f"waiting: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            if self.stop.is_set():
+                return None
+
+    async def startup(self) -> None:
+        s = self.state
+        s.pid, s.started_at, s.node = os.getpid(), now_iso(), self.node
+        s.held_set = ""  # a restart of provhad tries again
+        s.status = "starting"  # before the first (possibly long) cycle: not "stopped"
+        self.reporter.save()
+        self.log.info("startup", config=self.cfg.source, pid=os.getpid())
+        try:
+            recovered = await asyncio.to_thread(generations.recover, self.state_dir)
+        except generations.PublishError as exc:
+            recovered = None
+            self.log.error("recover_failed", error=str(exc))
+        if recovered:
+            self.log.warning("recovered", result=recovered)
+        manifest = generations.Manifest.load(self.state_dir)
+        if manifest is not None:
+            s.generation = manifest.generation
+        # fingerprint first, then the snapshot: a change in between is seen by the next poll
+        await self.poller.once()
+        await self.run_cycle([Trigger("startup")])
+        # whatever the cycle did: is dhcpd running the files on disk? (item 4)
+        self.supervisor.poke()
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_stop, sig.name)
-        self.state.pid, self.state.started_at, self.state.node = os.getpid(), now_iso(), self.node
-        self.state.held_set = ""  # a restart of provhad tries again
+        self.notifier.extend_timeout(max(120.0, 3 * self.cfg.validate.timeout) + LOCK_WAIT)
+        lock = await self._take_lock()
+        if lock is None:
+            return 1
         period = watchdog_interval()
         if period:
             self.watchdog = Watchdog(self.notifier, period, self.cfg.watch.stall_timeout)
-            self.tasks.append(asyncio.create_task(self.watchdog.run()))
-        if self.cfg.mqtt.host:
-            from provhad.mqtt import MqttLink
-
-            self.mqtt = MqttLink(
-                self.cfg.mqtt,
-                self.node,
-                lambda p: self.want("mqtt", p[:200]),
-                backoff_max=self.cfg.mqtt.reconnect_max,
-            )
-            self.tasks.append(asyncio.create_task(self.mqtt.run()))
-        self.notifier.extend_timeout(max(120.0, 3 * self.cfg.validate.timeout))
-        # before the first (possibly long) cycle: `provhad check` must not read "stopped"
-        self.state.status = "starting"
-        with contextlib.suppress(OSError):
-            self.state.save(self.state_dir)
-        self.log.info("startup", config=self.cfg.source, pid=os.getpid())
+            self.tasks["watchdog"] = asyncio.create_task(self.watchdog.run(), name="watchdog")
+        self._restart_mqtt()
         try:
-            recovered = await asyncio.to_thread(publish.recover, self.state_dir)
-        except publish.PublishError as exc:
-            recovered = None
-            self.log.error("recover_failed", error=str(exc))
-        if recovered:
-            self.log.warning("recovered", result=recovered)
-            manifest = publish.Manifest.load(self.state_dir)
-            self.state.generation = manifest.generation if manifest else self.state.generation
-        # fingerprint first, then the snapshot: a change in between is seen by the next poll
-        with contextlib.suppress(db.DatabaseError):
-            await self.watcher.changed()
-        result = await self.run_cycle([Trigger("startup")])
-        if self.state.dhcpd_restarted is None and self.state.generation is not None:
-            # nothing tells what dhcpd runs with (first start, or a set from `provhad render`)
-            self.state.dhcpd_applied = self.state.generation
-        await self.after_publish(result)
-        self.tasks.append(asyncio.create_task(self.poll()))
-        self.report()
-        self.notifier.ready(self.state.status)
-        try:
+            await self.startup()
+            self.tasks["poll"] = asyncio.create_task(self.poller.run(), name="poll")
+            self.tasks["dhcpd"] = asyncio.create_task(self.supervisor.run(), name="dhcpd")
+            self.reporter.report()
+            self.notifier.ready(self.state.status)
             while not self.stop.is_set():
                 self.beat()
                 batch = await self.collect()
                 if not batch:
                     continue
-                if any(t.kind == "sighup" for t in batch):
+                hup = any(t.kind == "sighup" for t in batch)
+                if hup:
                     self.notifier.reloading()
                     self.reload_config()
-                result = await self.run_cycle(batch)
-                await self.after_publish(result)
-                self.report()
-                if any(t.kind == "sighup" for t in batch):
+                await self.run_cycle(batch)
+                self.reporter.report()
+                if hup:
                     self.notifier.ready(self.state.status)
+                self._check_tasks()
         finally:
-            self.notifier.stopping("stopping")
-            self.log.info("stopping")
-            await cancel_and_wait(self.tasks, STOP_GRACE)
-            for task in self.tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    self.log.error(
-                        "task_failed", task=task.get_name(), error=repr(task.exception())
-                    )
-            self.watcher.close()
-            self.state.status = "stopped"
-            with contextlib.suppress(OSError):
-                self.state.save(self.state_dir)
+            await self.shutdown(lock)
         return 0
+
+    def _check_tasks(self) -> None:
+        """A helper task that died is reported and started again (it must never end)."""
+        for name, task in list(self.tasks.items()):
+            if task.done() and not task.cancelled():
+                self.log.error("task_failed", task=name, error=repr(task.exception()))
+                factory = {"poll": self.poller.run, "dhcpd": self.supervisor.run}.get(name)
+                if factory is not None:
+                    self.tasks[name] = asyncio.create_task(factory(), name=name)
+
+    async def shutdown(self, lock: generations.WriterLock) -> None:
+        self.notifier.stopping("stopping")
+        self.log.info("stopping")
+        tasks = list(self.tasks.values())
+        if self.command is not None:
+            tasks.append(self.command)
+        await cancel_and_wait(tasks, STOP_GRACE)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self.log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
+        self.poller.watcher.close()
+        self.state.status = "stopped"
+        self.reporter.save()
+        lock.release()
 
 
 def run(

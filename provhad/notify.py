@@ -133,6 +133,17 @@ class Watchdog:
         self._clock = clock
         self._last_beat = clock()
 
+    @property
+    def stale_after(self) -> float:
+        return self._stale_after
+
+    @stale_after.setter
+    def stale_after(self, seconds: float) -> None:
+        """A new stall_timeout (SIGHUP)."""
+        if seconds <= 0:
+            raise ValueError("stale_after must be positive")
+        self._stale_after = seconds
+
     def beat(self) -> None:
         """Record progress of the main loop."""
         self._last_beat = self._clock()

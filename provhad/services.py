@@ -69,11 +69,12 @@ async def run(argv: Sequence[str], timeout: float) -> Outcome:
     return Outcome(proc.returncode == 0, proc.returncode, text)
 
 
-async def restart_dhcpd(cfg: Config) -> Outcome:
+async def restart_dhcpd(cfg: Config, timeout: float | None = None) -> Outcome:
     """Restart dhcpd, then check that it is (still) active a few times: dhcpd may exit a moment
-    after systemd reported the start when it dislikes its configuration or cannot bind."""
+    after systemd reported the start when it dislikes its configuration or cannot bind.
+    ``timeout`` overrides ``dhcpd.restart_timeout`` for the restart command."""
     d = cfg.dhcpd
-    outcome = await run(d.restart_command, d.restart_timeout)
+    outcome = await run(d.restart_command, d.restart_timeout if timeout is None else timeout)
     if not outcome.ok:
         return outcome
     check = Outcome(True, 0, "")

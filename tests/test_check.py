@@ -13,7 +13,7 @@ import pytest
 
 from provhad import check, cli
 from provhad.config import CheckConfig
-from provhad.daemon import State
+from provhad.state import State
 from tests.test_cli_render import provhad
 
 LINE = re.compile(
@@ -82,8 +82,9 @@ def healthy(pid: int, **changes: object) -> State:
         db_ok=True,
         db_node="127.0.0.1:3306",
         counts={"modems": 100, "mtas": 20, "endpoints": 3, "pools": 4},
-        dhcpd_applied=7,
-        dhcpd_restarted=7,
+        dhcpd_applied_set="a7",
+        dhcpd_running_set="a7",
+        dhcpd_running_generation=7,
     )
     for key, value in changes.items():
         setattr(state, key, value)
@@ -216,13 +217,13 @@ def test_dhcpd_restart_pending_and_failed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int
 ) -> None:
     site = Site(tmp_path)
-    site.save(healthy(daemon_pid, dhcpd_applied=8, generation=8))
+    site.save(healthy(daemon_pid, dhcpd_applied_set="a8", generation=8))
     code, _, text, _ = site.check(capsys)
-    assert code == 1 and text == "dhcpd restart pending (gen 8 not restarted)"
+    assert code == 1 and text == "dhcpd restart pending (live gen 8, dhcpd runs gen 7)"
     site.save(
         healthy(
             daemon_pid,
-            dhcpd_applied=8,
+            dhcpd_applied_set="a8",
             dhcpd_last_restart_ok=False,
             dhcpd_error="exit 1: Job for dhcpd.service failed",
         )
@@ -287,12 +288,12 @@ def test_the_worst_problem_comes_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], dead_pid: int
 ) -> None:
     site = Site(tmp_path)
-    site.save(healthy(dead_pid, rejected=["modem 1: bad"], dhcpd_applied=8))
+    site.save(healthy(dead_pid, rejected=["modem 1: bad"], dhcpd_applied_set="a8", generation=8))
     code, _, text, _ = site.check(capsys)
     assert code == 2
     assert text == (
         f"daemon not running: pid {dead_pid} is gone; dhcpd restart pending "
-        "(gen 8 not restarted); 1 rejected rows"
+        "(live gen 8, dhcpd runs gen 7); 1 rejected rows"
     )
 
 

@@ -1,0 +1,160 @@
+"""What the daemon knows and saves: the state file, and what dhcpd runs versus what is live.
+
+Three facts about dhcpd are kept apart and never inferred from one another:
+
+- *applied*: the digest of dhcpd's files as they are on disk now (measured, whoever wrote them);
+- *running*: the digest of the files dhcpd last came up with (saved, fsynced, after a restart
+  that passed its check);
+- *held*: a rendered set the real dhcpd refused, not published again until data or config change.
+
+A restart is due exactly when applied differs from running. ``provhad check`` and ``provhad
+status`` import this module, not the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+STATE_FILE = "state.json"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content whole:
+    a hidden sibling, fsynced, renamed over it, then the directory fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class State:
+    """What the daemon knows; saved as JSON after every change of it (``provhad status``)."""
+
+    pid: int = 0
+    node: str = ""
+    started_at: str = ""
+    status: str = "starting"
+    last_cycle_at: str = ""
+    last_cycle_ok: bool = False
+    last_success_at: str = ""
+    last_trigger: str = ""
+    last_duration_ms: float = 0.0
+    last_error: str = ""
+    #: failed cycles in a row (each is retried with a growing pause)
+    failures: int = 0
+    generation: int | None = None
+    db_ok: bool = False
+    db_node: str = ""
+    db_error: str = ""
+    mqtt: str = "off"
+    counts: dict[str, int] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+    missing_configfiles: int = 0
+    #: digest of dhcpd's files on disk ("applied") and of those it last came up with ("running")
+    dhcpd_applied_set: str = ""
+    dhcpd_running_set: str = ""
+    #: the live generation when dhcpd last came up, and when that was
+    dhcpd_running_generation: int | None = None
+    dhcpd_last_restart_at: str = ""
+    dhcpd_last_restart_ok: bool = True
+    #: seconds the last successful restart (command and check) took
+    dhcpd_restart_s: float = 0.0
+    dhcpd_error: str = ""
+    #: restarts that failed in a row (retried with backoff)
+    dhcpd_failures: int = 0
+    held_set: str = ""
+    held_reason: str = ""
+    rollbacks: int = 0
+    periodic_command: str = ""
+
+    @property
+    def restart_pending(self) -> bool:
+        return self.dhcpd_applied_set != self.dhcpd_running_set
+
+    def save(self, state_dir: Path) -> None:
+        """Write the state file durably (fsynced; a crash leaves the old or the new one)."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        data = asdict(self) | {"restart_pending": self.restart_pending}
+        write_durably(state_dir / STATE_FILE, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    @staticmethod
+    def parse(data: object) -> State:
+        """A State from the state file's JSON; unknown keys are ignored. ValueError if not
+        an object."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(State)}
+        return State(**{k: v for k, v in data.items() if k in known})
+
+    @staticmethod
+    def load(state_dir: Path) -> State:
+        """The saved state; a fresh one when there is none or it is unreadable."""
+        try:
+            return State.parse(json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return State()
+
+
+#: what identifies a file's content without reading it: inode, size, mtime, ctime
+Stamp = tuple[int, int, int, int]
+
+
+class DhcpdFiles:
+    """The digest of the files dhcpd reads: every ``*.conf`` below the dhcp directory.
+
+    Measured from disk, so a set published by anyone (``provhad render``, a person, a crash
+    between the swap and the state file) counts. A file is hashed again only when its inode,
+    size or times changed: the live files are replaced by rename, which changes the inode.
+    """
+
+    def __init__(self, dhcp_dir: Path) -> None:
+        self.dhcp_dir = dhcp_dir
+        self._known: dict[str, tuple[Stamp, str]] = {}
+
+    def _files(self) -> Iterator[Path]:
+        for dirpath, dirnames, filenames in os.walk(self.dhcp_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.endswith(".conf") and not name.startswith("."):
+                    yield Path(dirpath, name)
+
+    def digest(self) -> str:
+        """sha256 over (relative path, content hash) of each file; "" when there are none."""
+        total = hashlib.sha256()
+        seen: dict[str, tuple[Stamp, str]] = {}
+        for path in self._files():
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                key = str(path)
+                known = self._known.get(key)
+                if known is None or known[0] != stamp:
+                    with open(path, "rb") as fh:
+                        known = (stamp, hashlib.file_digest(fh, "sha256").hexdigest())
+                seen[key] = known
+                total.update(f"{path.relative_to(self.dhcp_dir)}\0{known[1]}\0".encode())
+        self._known = seen
+        return total.hexdigest() if seen else ""
