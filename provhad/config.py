@@ -102,7 +102,8 @@ class WatchConfig:
     max_delay: float = 15.0
     min_restart_interval: float = 30.0
     periodic_command: tuple[str, ...] = ()
-    periodic_command_timeout: float = 600.0
+    #: below stall_timeout: the main loop waits for the command without feeding the watchdog
+    periodic_command_timeout: float = 240.0
     stall_timeout: float = 300.0
     #: share of the time polls may keep the database busy; longer pauses when they cost more
     max_poll_share: float = 0.1
@@ -113,7 +114,8 @@ class DhcpdConfig:
     """How dhcpd is restarted and checked after a publish."""
 
     restart_command: tuple[str, ...] = ("systemctl", "restart", "dhcpd.service")
-    restart_timeout: float = 60.0
+    #: dhcpd needs 30-50 s to start with 500k hosts (50 s measured with the master down)
+    restart_timeout: float = 90.0
     check_command: tuple[str, ...] = ("systemctl", "is-active", "--quiet", "dhcpd.service")
     check_timeout: float = 30.0
     check_attempts: int = 5
@@ -349,10 +351,37 @@ def _section(file: str, name: str, data: Any, cls: type[_T]) -> _T:
     return replace(defaults, **values)  # type: ignore[type-var]
 
 
+def _read(path: str | os.PathLike[str]) -> bytes:
+    """A configuration file's bytes; any read error as a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except PermissionError:
+        raise ConfigError(path, "", "permission denied") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot be read: {exc.strerror or exc}") from None
+
+
+def _decode(path: str | os.PathLike[str], data: bytes) -> str:
+    """``data`` as UTF-8, or a ConfigError naming the line with the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            path, "", f"line {line}: not UTF-8 (byte 0x{data[exc.start]:02x})"
+        ) from None
+
+
 def parse_env_file(path: Path) -> dict[str, str]:
-    """Parse a dotenv file as Laravel writes them (``KEY=value``, optional quotes, # comments)."""
+    """Parse a dotenv file as Laravel writes them (``KEY=value``, optional quotes, # comments).
+
+    Raises :class:`ConfigError` when the file cannot be read or is not UTF-8.
+    """
     out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _decode(path, _read(path)).splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
@@ -420,13 +449,9 @@ def load(path: str | os.PathLike[str] | None, root: str | None = None) -> Config
     file = str(path) if path is not None else "<no config file>"
     data: dict[str, Any] = {}
     if path is not None:
+        text = _decode(file, _read(file))
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(file, "", "file not found") from None
-        except PermissionError:
-            raise ConfigError(file, "", "permission denied") from None
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(file, "", f"invalid TOML: {exc}") from None
     for key in data:
@@ -466,4 +491,78 @@ def load(path: str | os.PathLike[str] | None, root: str | None = None) -> Config
             except ValueError as exc:
                 raise ConfigError(_env_file, "APP_TIMEZONE", str(exc)) from None
     sections["render"] = render
-    return Config(own_state=own_state, source=file, **sections)
+    cfg = Config(own_state=own_state, source=file, **sections)
+    check_timing(cfg, file, _given(data))
+    return cfg
+
+
+# --- timeouts that must fit together ------------------------------------------------------
+
+#: keys that must stay below ``watch.stall_timeout``, and how the loop spends that long
+_BELOW_STALL = {
+    "watch.poll_interval": "polls this far apart",
+    "watch.periodic_command_timeout": "periodic_command may run this long",
+    "validate.timeout": "a validator may run this long",
+    "services.timeout": "a reload command may run this long",
+    "database.connect_timeout": "a database node may take this long to answer",
+}
+#: the watchdog's verdict on a loop that spent stall_timeout on one of them
+_HUNG = (
+    "the watchdog takes a loop without progress for that long as hung, "
+    "so systemd would restart a healthy daemon"
+)
+_STALL = "watch.stall_timeout"
+
+
+def _given(data: Mapping[str, Any]) -> frozenset[str]:
+    """The ``section.key`` names the file sets (the others have their defaults)."""
+    return frozenset(
+        f"{name}.{key}"
+        for name, section in data.items()
+        if isinstance(section, Mapping)
+        for key in section
+    )
+
+
+def _value(cfg: Config, dotted: str) -> float:
+    section, key = dotted.split(".")
+    return float(getattr(getattr(cfg, section), key))
+
+
+def check_timing(cfg: Config, file: str, given: frozenset[str] = frozenset()) -> None:
+    """Raise :class:`ConfigError` for timeouts that cannot fit together.
+
+    ``given`` names the keys the file sets; the message marks the others as defaults, so an
+    operator sees which key to change.
+    """
+
+    def shown(dotted: str) -> str:
+        value = f"{_value(cfg, dotted):g} s"
+        return value if dotted in given else f"{value}, the default"
+
+    stall = _value(cfg, _STALL)
+    if cfg.watch.quiet_period > cfg.watch.max_delay:
+        raise ConfigError(
+            file,
+            "watch.quiet_period",
+            f"{shown('watch.quiet_period')} must not exceed watch.max_delay "
+            f"({shown('watch.max_delay')}): max_delay bounds the debounce",
+        )
+    for dotted, why in _BELOW_STALL.items():
+        if _value(cfg, dotted) >= stall:
+            raise ConfigError(
+                file,
+                dotted,
+                f"{shown(dotted)} must be below {_STALL} ({shown(_STALL)}): {why}; {_HUNG}",
+            )
+    d = cfg.dhcpd
+    restart = d.restart_timeout + d.check_attempts * (d.check_timeout + d.check_interval)
+    if restart >= stall:
+        raise ConfigError(
+            file,
+            "dhcpd.restart_timeout",
+            f"{shown('dhcpd.restart_timeout')} + dhcpd.check_attempts ({d.check_attempts}) * "
+            f"(dhcpd.check_timeout ({shown('dhcpd.check_timeout')}) + dhcpd.check_interval "
+            f"({shown('dhcpd.check_interval')})) = {restart:g} s must be below {_STALL} "
+            f"({shown(_STALL)}): a dhcpd restart and its checks may take this long; {_HUNG}",
+        )

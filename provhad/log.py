@@ -11,6 +11,10 @@ that one cannot be given a socket path, so it could not be tested against a sock
 An entry too big for one datagram goes in a sealed memfd, as libsystemd does. If the journal
 cannot be reached the entry goes to stderr instead; logging never raises.
 
+Records of stdlib loggers (aiomqtt, asyncio, ...) go through the same processors and the same
+sink (:func:`configure` puts a handler with structlog's ProcessorFormatter on the root logger);
+their ``extra`` values become keys like any other. provhad's own modules log with :func:`get`.
+
 Secrets are masked: the value of any key (also inside dict values) whose lower-cased name
 contains ``password``, ``passwd``, ``passphrase``, ``secret``, ``token``, ``credential``,
 ``key`` or ``cookie``, or which has ``pass``, ``pwd``, ``auth``, ``authorization``, ``psk`` or
@@ -347,6 +351,67 @@ def resolve_target(
     return "plain"
 
 
+class _SinkHandler(logging.Handler):
+    """The root logger's handler: stdlib records (ours and libraries', e.g. aiomqtt, asyncio)
+    run through the same processors as structlog's own entries, via ProcessorFormatter, whose
+    last processor hands the rendered entry to the same sink."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.format(record)
+        except Exception:  # never fail the caller for a log line
+            self.handleError(record)
+
+
+class _Deliver:
+    """Last processor of the stdlib path: passes the rendered entry to the sink."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self._sink = sink
+
+    def __call__(self, _logger: WrappedLogger, _method: str, rendered: Any) -> str:
+        # JournalRenderer returns structlog's (args, kwargs); the line renderers a string.
+        self._sink.msg(rendered[0][0] if isinstance(rendered, tuple) else rendered)
+        return ""
+
+
+# What every LogRecord has; the rest came from ``extra=``. "message" and "asctime" are set
+# by formatters (pytest's, say) that saw the record first.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _from_record(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """A stdlib record's logger name (as ``logger_name``, like structlog's entries) and its
+    ``extra=`` values as keys."""
+    record = event_dict["_record"]
+    event_dict["logger_name"] = record.name
+    for key, value in vars(record).items():
+        if key not in _RECORD_ATTRS and not key.startswith("_"):
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+def _route_stdlib(processors: list[Processor], sink: _Sink, min_level: int) -> None:
+    """Replace the root logger's handlers with one that renders through ``processors``."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_from_record],
+        processors=[
+            *processors[:-1],
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            processors[-1],
+            _Deliver(sink),
+        ],
+    )
+    handler = _SinkHandler(min_level)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        if isinstance(old, _SinkHandler):  # others' (pytest's, say) stay
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min_level)
+
+
 def configure(
     *,
     target: str = "auto",
@@ -354,10 +419,13 @@ def configure(
     journal_socket: str = "/run/systemd/journal/socket",
     stream: TextIO | None = None,
 ) -> None:
-    """Set up structlog for the whole process; may be called again to change it.
+    """Set up structlog and the stdlib root logger for the whole process; may be called
+    again to change it.
 
     ``stream`` is where console and plain lines go (and journal entries that cannot be
-    sent); None means ``sys.stderr`` as it is when a line is written.
+    sent); None means ``sys.stderr`` as it is when a line is written. Records of stdlib
+    loggers (libraries such as aiomqtt and asyncio) get the same level filter, fields,
+    masking and output as structlog's own entries.
     """
     global _current_sink
     try:
@@ -415,6 +483,7 @@ def configure(
         # Loggers are resolved per call, so configure() also reaches module-level loggers.
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(processors, sink, min_level)
     if previous is not None:
         previous.close()
 

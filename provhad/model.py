@@ -4,7 +4,9 @@ Every value that reaches a generated file passes through here. Typed values (IPs
 DNS labels) are validated and normalised; a row that fails is left out and reported as a
 :class:`Reject` naming table, id and reason, and the other rows still go through. Values of
 the singleton configuration rows (``provha``, ``provbase``) that the whole set depends on
-raise :class:`ModelError` instead, because no partial set can be right without them.
+raise :class:`ModelError` instead, because no partial set can be right without them; a
+value of theirs that can be replaced safely (a rebuild interval below
+:data:`MIN_REBUILD_INTERVAL`) is replaced and reported as a :class:`Reject`.
 """
 
 from __future__ import annotations
@@ -275,19 +277,32 @@ def secret(value: Any, column: str) -> str:
 
 # Outside strings and comments dhcpd statements use only these characters.
 _OPTIONAL_CHARS = re.compile(r"[A-Za-z0-9_\-.:,;{}()=!~&|+*/%\s]")
+# A name as dhcpd's lexer reads it (a superset: never splits a name that dhcpd keeps whole).
+_OPTIONAL_WORD = re.compile(r"[A-Za-z0-9_-]+")
+# Words that run a program or read or write a file (dhcpd.conf(5), dhcp-eval(5)); dhcpd's
+# keywords ignore case. Checked anywhere outside strings and comments, not just where a
+# statement starts: execute() is documented as an expression too.
+_OPTIONAL_FORBIDDEN = {
+    "include": "reads any file",
+    "execute": "runs a program as the dhcpd user",
+    "lease-file-name": "names a file dhcpd writes",
+    "pid-file-name": "names a file dhcpd writes",
+    "dhcpv6-lease-file-name": "names a file dhcpd writes",
+    "dhcpv6-pid-file-name": "names a file dhcpd writes",
+}
 
 
 def check_optional(text: str) -> str:
     """Raw dhcpd statements of a pool, checked so they stay inside their subnet block.
 
     They are directives by design, so only their shape is checked: balanced braces,
-    terminated one-line strings, dhcpd's character set outside strings and no ``include``
-    (which could pull in any file).
+    terminated one-line strings, dhcpd's character set outside strings, and none of the
+    words that run a program or touch a file (``include``, ``execute``, the file-name
+    statements), whatever their case and wherever they stand.
     """
     depth = 0
     i = 0
     n = len(text)
-    expect_statement = True
     while i < n:
         c = text[i]
         if c == "#":
@@ -302,28 +317,20 @@ def check_optional(text: str) -> str:
                 i += 2 if text[i] == "\\" else 1
             if i >= n:
                 raise BadValue("optional has an unterminated string")
-            expect_statement = False
         elif not _OPTIONAL_CHARS.match(c) or c in "\x0b\x0c\x1c\x1d\x1e\x85\xa0":
             raise BadValue(f"optional has a character dhcpd does not use here: {c!r}")
         elif c == "{":
             depth += 1
-            expect_statement = True
         elif c == "}":
             depth -= 1
             if depth < 0:
                 raise BadValue("optional closes a block it did not open")
-            expect_statement = True
-        elif c == ";":
-            expect_statement = True
-        elif c.isalpha() and expect_statement:
-            word = re.match(r"[A-Za-z-]+", text[i:])
-            if word and word.group(0).lower() == "include":
-                raise BadValue("optional may not use include")
-            i += len(word.group(0)) if word else 1
-            expect_statement = False
+        elif (word := _OPTIONAL_WORD.match(text, i)) is not None:
+            why = _OPTIONAL_FORBIDDEN.get(word.group(0).lower())
+            if why is not None:
+                raise BadValue(f"optional may not use {word.group(0).lower()} ({why})")
+            i = word.end()
             continue
-        elif not c.isspace():
-            expect_statement = False
         i += 1
     if depth:
         raise BadValue("optional leaves a block open")
@@ -339,8 +346,36 @@ def _first(rows: Sequence[Row], table: str) -> Row:
     return min(rows, key=lambda r: r["id"])
 
 
-def build_ha(row: Row, role: str) -> HA:
-    """Own and peer from the provha row, as upstream's setProvhaProperties()."""
+#: provha.slave_config_rebuild_interval below this many seconds is raised to it: 0 would
+#: mean a full rebuild of every row every second
+MIN_REBUILD_INTERVAL = 60
+#: upstream's column default, used for a NULL or non-integer value
+DEFAULT_REBUILD_INTERVAL = 3600
+
+
+def rebuild_interval(row: Row) -> tuple[int, str | None]:
+    """The periodic rebuild interval of a provha row, and why it differs from the column
+    (None if it does not)."""
+    value = row.get("slave_config_rebuild_interval")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return DEFAULT_REBUILD_INTERVAL, (
+            f"slave_config_rebuild_interval {value!r} is not an integer; "
+            f"upstream's default {DEFAULT_REBUILD_INTERVAL} s used"
+        )
+    if value < MIN_REBUILD_INTERVAL:
+        return MIN_REBUILD_INTERVAL, (
+            f"slave_config_rebuild_interval {value} is below the minimum of "
+            f"{MIN_REBUILD_INTERVAL} s; {MIN_REBUILD_INTERVAL} s used"
+        )
+    return value, None
+
+
+def build_ha(row: Row, role: str, rejects: list[Reject] | None = None) -> HA:
+    """Own and peer from the provha row, as upstream's setProvhaProperties().
+
+    A rebuild interval that had to be replaced (see :func:`rebuild_interval`) is reported in
+    ``rejects`` as suspicious; the row itself is used.
+    """
     try:
         master = ipv4(row.get("master"), "master")
         slaves = str(row.get("slaves") or "")
@@ -348,14 +383,14 @@ def build_ha(row: Row, role: str) -> HA:
         slave = ipv4(first_slave, "slaves")
         master_pw = secret(row.get("master_dns_password"), "master_dns_password")
         slave_pw = secret(row.get("slave_dns_password"), "slave_dns_password")
-        interval = integer(
-            row.get("slave_config_rebuild_interval"), "slave_config_rebuild_interval"
-        )
         ratio = row.get("load_ratio_master", 0.5)
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
             raise BadValue(f"load_ratio_master {ratio!r} is not between 0 and 1")
     except BadValue as exc:
         raise ModelError(f"provha id {row.get('id')}: {exc}") from None
+    interval, suspicious = rebuild_interval(row)
+    if suspicious is not None and rejects is not None:
+        rejects.append(Reject("provha", row.get("id"), suspicious))
     split = round(float(ratio) * 256)
     if role == "master":
         return HA(role, master, slave, master_pw, slave_pw, interval, split)
@@ -515,7 +550,7 @@ def build(
     dropped_rows = dropped_rows or {}
     rejects: list[Reject] = []
     skipped: list[Reject] = []
-    ha = build_ha(_first(snap.provha, "provha"), role)
+    ha = build_ha(_first(snap.provha, "provha"), role, rejects)
     base = build_base(_first(snap.provbase, "provbase"), default_network_prefix)
     mta_domain = None
     if snap.provvoip:

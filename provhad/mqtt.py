@@ -25,12 +25,13 @@ from typing import Any
 
 import aiomqtt
 
+from provhad import log
 from provhad.config import MqttConfig
 from provhad.tasks import cancel_and_wait
 
 __all__ = ["MqttLink", "MqttTriggerError", "status_topic", "trigger"]
 
-log = logging.getLogger(__name__)
+_log = log.get(__name__)
 
 #: Seconds to wait for CONNACK, SUBACK or PUBACK before calling the connection broken.
 OPERATION_TIMEOUT = 10.0
@@ -149,7 +150,7 @@ class MqttLink:
             # Encoded now: a snapshot, immune to later changes of the caller's dict.
             self._status = _encode(status)
         except (TypeError, ValueError):
-            log.exception("mqtt: status not encodable as JSON, keeping the previous one")
+            _log.exception("mqtt status not encodable as JSON, keeping the previous one")
             return
         self._status_dirty.set()
 
@@ -183,7 +184,7 @@ class MqttLink:
                 delay = backoff_delay(failures, self._backoff_max)
                 # One warning per outage or change of cause; the retries themselves are noise.
                 level = logging.WARNING if error != self._last_error else logging.DEBUG
-                log.log(level, "mqtt down: %s; retrying in %.1fs", error, delay, exc_info=trace)
+                _log.log(level, "mqtt down", error=error, retry_in=round(delay, 1), exc_info=trace)
                 self._last_error = error
                 await asyncio.sleep(delay)
         finally:
@@ -198,7 +199,7 @@ class MqttLink:
                 self._connected = True
                 self._connections += 1
                 self._last_error = ""
-                log.info("mqtt connected to %s:%d", self._cfg.host, self._cfg.port)
+                _log.info("mqtt connected", broker=f"{self._cfg.host}:{self._cfg.port}")
                 try:
                     await client.subscribe(self._cfg.trigger_topic, qos=1)
                     if self._status is not None:
@@ -233,7 +234,7 @@ class MqttLink:
             try:
                 self._on_trigger(_text(message.payload))
             except Exception:
-                log.exception("mqtt: trigger callback failed")
+                _log.exception("mqtt trigger callback failed")
 
     async def _publish_statuses(self, client: aiomqtt.Client) -> None:
         while True:
@@ -249,7 +250,7 @@ class MqttLink:
                 self._topic, self._offline, qos=1, retain=True, timeout=CLOSE_TIMEOUT
             )
         except Exception as exc:  # stopping must go on whatever the broker does
-            log.debug("mqtt: could not publish offline status: %s", exc)
+            _log.debug("mqtt offline status not published", error=str(exc))
 
 
 async def trigger(cfg: MqttConfig, reason: str = "", *, timeout: float = 10.0) -> None:

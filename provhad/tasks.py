@@ -10,13 +10,14 @@ cancel again, for a bounded time.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from typing import Any
 
+from provhad import log
+
 __all__ = ["cancel_and_wait"]
 
-log = logging.getLogger(__name__)
+_log = log.get(__name__)
 
 #: Seconds between two cancellations of a task that is still running.
 RECANCEL_AFTER = 0.5
@@ -41,5 +42,5 @@ async def cancel_and_wait(
             break
         _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_AFTER, left))
     for task in pending:
-        log.error("task %s did not stop within %.1fs", task.get_name(), grace)
+        _log.error("task did not stop", task=task.get_name(), grace=grace)
     return pending

@@ -43,6 +43,8 @@ FRAGMENTS = st.sampled_from(
         "$(reboot)",
         "`id`",
         "'",
+        'on commit { execute("/bin/sh", "-c", "id"); }',
+        " ExEcUtE (",
     ]
 )
 HOSTILE = st.lists(
@@ -177,3 +179,33 @@ def test_structure_sees_injections() -> None:
     assert structure('a "x" b;') == structure('a "y\\"z" b;')
     assert structure('a "x"; deny booting; "" b;') != structure('a "x" b;')
     assert structure("a 1; # } {\n") == ["a", "1", ";"]
+
+
+@example(value='on commit { execute("/tmp/pwn", "-c", "id > /tmp/pwned"); }')
+@example(value='on commit {\n# }\n\tEXECUTE\t("/tmp/pwn");\n}')
+@example(value='on expiry { log(info, "a\\"b"); execute ("/tmp/pwn"); }')
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=st.tuples(
+        st.sampled_from(["on commit", "on expiry", "on release", "if exists x"]),
+        st.sampled_from(["execute", "EXECUTE", "Execute", "eXeCuTe"]),
+        st.sampled_from([" ", "\t", "\n", "\r\n", " # c\n", ""]),
+    ).map(lambda t: f'{t[0]} {{{t[2]}{t[1]}{t[2]}("/tmp/pwn");{t[2]}}}')
+)
+def test_optional_never_runs_a_program(value: str) -> None:
+    """dhcpd accepts execute() in a pool (as the dhcpd user): it must never reach the files."""
+    snap = with_value("ippool", 1, "optional", value)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config.Config(own_state="slave").with_root(tmp)
+        res = cycle.apply(cfg, snap, FACTS)
+        assert res.ok, res.problems
+        assert res.model is not None
+        (reject,) = res.model.rejects
+        assert (reject.table, reject.id) == ("ippool", 2)
+        assert "optional may not use execute" in reject.reason
+        # log.conf calls upstream's named-ddns.sh hook with execute(); nothing else may
+        for path in Path(tmp, "etc").rglob("*"):
+            if path.is_file():
+                assert b"/tmp/pwn" not in path.read_bytes(), path
+        pools = Path(tmp, "etc/dhcp-nmsprime/cmts_gws/1.conf").read_bytes()
+        assert b"execute" not in pools.lower()

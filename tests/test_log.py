@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import os
 import re
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from provhad import log
+from provhad import config, log, mqtt
 
 TIMEOUT = 5.0
 FILE = "/etc/dhcp-nmsprime/modems-host.conf"
@@ -27,6 +28,10 @@ def _restore_structlog() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
     log.configure(target="plain", stream=io.StringIO())  # closes the test's journal socket
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler, log._SinkHandler):
+            root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -294,6 +299,84 @@ def test_oversized_entry_goes_in_a_sealed_memfd(journal: tuple[str, socket.socke
         os.close(fds[0])
     assert fields["PROVHAD_EVENT"] == "huge"
     assert fields["PROVHAD_BLOB"] == big, "blob differs"  # the message, not 4 MiB of diff
+
+
+# --- stdlib loggers (libraries, asyncio) -------------------------------------------------
+
+
+def test_stdlib_records_become_journal_entries(journal: tuple[str, socket.socket]) -> None:
+    path, sock = journal
+    log.configure(target="journal", journal_socket=path)
+    line = here() + 1
+    logging.getLogger("aiomqtt").warning(
+        "broker %s lost", "b1", extra={"password": "hunter2", "node": "n1"}
+    )
+    raw = sock.recv(1 << 20)
+    assert b"hunter2" not in raw
+    assert dict(parse(raw)) == {
+        "MESSAGE": "broker b1 lost node=n1 password=***",
+        "PRIORITY": "4",
+        "SYSLOG_IDENTIFIER": "provhad",
+        "CODE_FILE": __file__,
+        "CODE_LINE": str(line),
+        "CODE_FUNC": "test_stdlib_records_become_journal_entries",
+        "PROVHAD_EVENT": "broker b1 lost",
+        "PROVHAD_LOGGER": "aiomqtt",
+        "PROVHAD_NODE": "n1",
+        "PROVHAD_PASSWORD": "***",
+    }
+
+
+def test_stdlib_and_structlog_share_level_and_output() -> None:
+    out = io.StringIO()
+    log.configure(target="plain", stream=out, level="info")
+    logging.getLogger("asyncio").debug("dropped: below the level")
+    log.get("provhad.cycle").info("published", generation=1)
+    try:
+        raise OSError("boom")
+    except OSError:
+        logging.getLogger("asyncio").exception("Task exception was never retrieved")
+    logging.getLogger("aiomqtt").error("failed", extra={"token": "t0k"})
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines if line.startswith("ts=")] == [
+        "level=info logger_name=provhad.cycle event=published generation=1",
+        'level=error logger_name=asyncio event="Task exception was never retrieved"',
+        "level=error logger_name=aiomqtt event=failed token=***",
+    ]
+    assert lines[2] == "Traceback (most recent call last):" and lines[-2] == "OSError: boom"
+
+
+def test_provhad_modules_log_through_structlog() -> None:
+    out = io.StringIO()
+    log.configure(target="plain", stream=out)
+    link = mqtt.MqttLink(config.MqttConfig(host="broker", password="hunter2"), "n1", print)
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    link.publish_status(loop)  # not JSON: logged, the previous status stays
+    first, *trace = out.getvalue().splitlines()
+    assert first.split(" ", 1)[1] == (
+        "level=error logger_name=provhad.mqtt "
+        'event="mqtt status not encodable as JSON, keeping the previous one"'
+    )
+    assert trace[-1] == "ValueError: Circular reference detected"
+    assert "hunter2" not in out.getvalue()
+
+
+def test_reconfiguring_keeps_one_handler_and_others_handlers() -> None:
+    other = logging.NullHandler()
+    root = logging.getLogger()
+    root.addHandler(other)
+    try:
+        first, second = io.StringIO(), io.StringIO()
+        log.configure(target="plain", stream=first)
+        log.configure(target="plain", stream=second, level="warning")
+        logging.getLogger("aiomqtt").warning("once")
+        logging.getLogger("aiomqtt").info("dropped")
+        assert first.getvalue() == ""
+        assert second.getvalue().count("\n") == 1 and "event=once" in second.getvalue()
+        assert other in root.handlers
+    finally:
+        root.removeHandler(other)
 
 
 # --- console and plain --------------------------------------------------------------------

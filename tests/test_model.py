@@ -188,3 +188,66 @@ def test_cpepub_pool_without_free_address_is_rejected() -> None:
     m = model.build(dataclasses.replace(snap, fixed_ips=fixed), "slave")
     assert any(r.id == 3 and "fixed IP" in r.reason for r in m.rejects)
     assert 3 not in {p.id for p in m.pools}
+
+
+@pytest.mark.parametrize(
+    "optional",
+    [
+        'on commit { execute("/bin/sh", "-c", "id"); }',
+        'on commit { EXECUTE ("/bin/sh"); }',
+        'on commit{ExEcUtE\t(\n"/bin/sh");}',
+        'on expiry {\n  # a comment } {\n  execute("/bin/sh");\n}',
+        'on release { log(info, "x"); } on commit { execute("/bin/sh"); }',
+        'option a "x\\"; y\\\n"; on commit { execute("/bin/sh"); }',
+        'INCLUDE "/etc/passwd";',
+        'lease-file-name "/tmp/x";',
+        'Pid-File-Name "/tmp/x";',
+    ],
+)
+def test_optional_may_not_run_programs_or_touch_files(optional: str) -> None:
+    m = _with_pool(optional=optional)
+    assert next(p for p in m.pools if p.id == 1).optional is None
+    (reject,) = m.rejects
+    assert (reject.table, reject.id) == ("ippool", 1)
+    assert reject.reason.startswith("optional may not use ")
+    assert reject.reason.endswith("; pool rendered without its optional")
+
+
+@pytest.mark.parametrize(
+    "optional",
+    [
+        'on commit { log(info, "execute include"); }',  # inside a string: data
+        "# execute\nddns-updates on;",  # inside a comment
+        "on commit { set executed = 1; }",  # another name that starts the same
+    ],
+)
+def test_optional_words_in_strings_and_comments_are_data(optional: str) -> None:
+    m = _with_pool(optional=optional)
+    assert next(p for p in m.pools if p.id == 1).optional == optional
+    assert not m.rejects
+
+
+@pytest.mark.parametrize(
+    ("value", "interval", "reason"),
+    [
+        (3600, 3600, None),
+        (60, 60, None),
+        (59, 60, "slave_config_rebuild_interval 59 is below the minimum of 60 s; 60 s used"),
+        (0, 60, "slave_config_rebuild_interval 0 is below the minimum of 60 s; 60 s used"),
+        (None, 3600, "slave_config_rebuild_interval None is not an integer; upstream's default"),
+        ("600", 3600, "slave_config_rebuild_interval '600' is not an integer; upstream's default"),
+        (True, 3600, "slave_config_rebuild_interval True is not an integer; upstream's default"),
+    ],
+)
+def test_rebuild_interval_has_a_lower_bound(value: object, interval: int, reason: str) -> None:
+    snap = dataclasses.replace(
+        rows.small(), provha=[rows.provha(slave_config_rebuild_interval=value)]
+    )
+    m = model.build(snap, "slave")
+    assert m.ha.rebuild_interval == interval
+    suspicious = [r for r in m.rejects if r.table == "provha"]
+    if reason is None:
+        assert not suspicious
+    else:
+        assert [r.id for r in suspicious] == [1]
+        assert suspicious[0].reason.startswith(reason)

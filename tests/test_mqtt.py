@@ -334,6 +334,44 @@ async def test_cancel_returns_promptly_and_says_offline(cfg: MqttConfig) -> None
     assert await retained(cfg, topic) == ({"state": "offline", "node": "slave1"}, True)
 
 
+async def test_a_link_can_be_replaced_by_one_with_new_settings(cfg: MqttConfig) -> None:
+    """What the daemon does on SIGHUP when [mqtt] changed: stop the old link, start a new one
+    (same client id, so the old session must really be gone before the new one connects)."""
+    old_cfg = dataclasses.replace(cfg, client_id=f"provhad-{os.urandom(4).hex()}")
+    new_cfg = dataclasses.replace(
+        old_cfg,
+        topic_prefix=f"{cfg.topic_prefix}/new",
+        trigger_topic=f"{cfg.topic_prefix}/new/rebuild",
+    )
+    old, old_triggers = queue_link(old_cfg)
+    task = asyncio.create_task(old.run())
+    try:
+        await until_listening(old_cfg, old)
+        old.publish_status({"state": "ok", "gen": 1})
+    finally:
+        await stop(task)
+    assert task.cancelled() and not old.connected
+    assert await retained(cfg, status_topic(old_cfg, "slave1")) == (
+        {"state": "offline", "node": "slave1"},
+        True,
+    )
+    new, new_triggers = queue_link(new_cfg)
+    async with running(new) as new_task, aiomqtt.Client(cfg.host, cfg.port) as master:
+        await until_listening(new_cfg, new)
+        new.publish_status({"state": "ok", "gen": 2})
+        async with subscribed(cfg, status_topic(new_cfg, "slave1")) as observer:
+            await message_where(observer, lambda d: d.get("gen") == 2)
+        await master.publish(new_cfg.trigger_topic, "after reload", qos=1)
+        assert await within(new_triggers.get()) == "after reload"
+        assert new.connected and not new_task.done() and new.last_error == ""
+    assert old_triggers.empty()
+    # the old link, stopped for good, did not come back and take over the client id
+    assert await retained(cfg, status_topic(old_cfg, "slave1")) == (
+        {"state": "offline", "node": "slave1"},
+        True,
+    )
+
+
 async def test_cancel_while_broker_unreachable_returns_promptly() -> None:
     cfg = MqttConfig(host="127.0.0.1", port=free_port())
     link, _ = queue_link(cfg)
