@@ -23,6 +23,8 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from provhad.model import DEFAULT_REBUILD_INTERVAL, MIN_REBUILD_INTERVAL
+
 Clock = Callable[[], float]
 
 #: Seconds before the first retry of a failed cycle; doubled per failure up to RETRY_MAX.
@@ -30,9 +32,6 @@ RETRY_FIRST = 5.0
 RETRY_MAX = 300.0
 #: The pause after a poll is at most this many poll intervals, however costly the poll.
 MAX_PAUSE_INTERVALS = 3.0
-#: Bounds of provha.slave_config_rebuild_interval (seconds) as the scheduler uses it.
-MIN_REBUILD_INTERVAL = 60
-DEFAULT_REBUILD_INTERVAL = 3600
 
 
 @dataclass(frozen=True)

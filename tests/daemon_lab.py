@@ -41,6 +41,7 @@ class DaemonLab:
         check = self.tmp / "check.sh"
         check.write_text(
             "#!/bin/sh\n"
+            f"if [ -e {self.tmp}/fail-checks ]; then exit 3; fi\n"
             f"if [ -e {self.tmp}/fail-next-check ]; then\n"
             f"  rm {self.tmp}/fail-next-check; exit 3\n"
             "fi\n"
@@ -155,14 +156,15 @@ check_attempts = 1
 
 
 class Gate:
-    """Parks the daemon inside its dhcpd validation until released, without polling.
+    """Parks the daemon inside a command (dhcpd's validation by default) until released,
+    without polling.
 
     A wrapper around dhcpd writes to ``inside`` and then blocks reading ``release`` while the
     file ``hold`` exists. The test keeps ``release`` open read-write, so its "go" stays buffered
     whenever the wrapper gets to read it.
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, target: str = "dhcpd") -> None:
         self.hold = tmp / "hold"
         self.inside = tmp / "inside.fifo"
         self.release = tmp / "release.fifo"
@@ -177,7 +179,7 @@ class Gate:
             f"  echo in > {self.inside}\n"
             f"  read line < {self.release}\n"
             "fi\n"
-            'exec dhcpd "$@"\n'
+            f'exec {target} "$@"\n'
         )
         self.wrapper.chmod(0o755)
 
