@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provhad import config, cycle, db, log, publish, services
+from provhad import config, cycle, db, generations, log, services
+from provhad.facts import ConfStamp
 from provhad.notify import Notifier, Watchdog, watchdog_interval
 from provhad.render import CHRONY, DHCPD, NAMED
 from provhad.tasks import cancel_and_wait
@@ -148,7 +149,7 @@ class Daemon:
         # the big tables of the last snapshot: a change re-reads only the chunks it touched
         self.rows = db.RowCache()
         # what the TFTP cm/*.conf files say, by file stamp (read again when they change)
-        self.tftp: dict[str, tuple[publish.ConfStamp, bool]] = {}
+        self.tftp: dict[str, tuple[ConfStamp, bool]] = {}
         self.watchdog: Watchdog | None = None
         self.mqtt: Any = None
         self.restart_due: float | None = None
@@ -325,7 +326,7 @@ class Daemon:
             result = await asyncio.to_thread(
                 cycle.apply, self.cfg, snap, facts, self.beat, self.state.held_set
             )
-        except publish.PublishError as exc:
+        except generations.PublishError as exc:
             result = cycle.Result(node=snap.node, error=str(exc))
         duration = (time.monotonic() - started) * 1000
         self.record(result, trigger, duration)
@@ -428,7 +429,7 @@ class Daemon:
         self.log.error(
             "restart_failed", service="dhcpd", generation=s.dhcpd_applied, error=s.dhcpd_error
         )
-        manifest = await asyncio.to_thread(publish.rollback, self.state_dir)
+        manifest = await asyncio.to_thread(generations.rollback, self.state_dir)
         if manifest is None:
             self.restart_due = now + self.cfg.watch.min_restart_interval
             return
@@ -486,13 +487,13 @@ class Daemon:
             self.state.save(self.state_dir)
         self.log.info("startup", config=self.cfg.source, pid=os.getpid())
         try:
-            recovered = await asyncio.to_thread(publish.recover, self.state_dir)
-        except publish.PublishError as exc:
+            recovered = await asyncio.to_thread(generations.recover, self.state_dir)
+        except generations.PublishError as exc:
             recovered = None
             self.log.error("recover_failed", error=str(exc))
         if recovered:
             self.log.warning("recovered", result=recovered)
-            manifest = publish.Manifest.load(self.state_dir)
+            manifest = generations.Manifest.load(self.state_dir)
             self.state.generation = manifest.generation if manifest else self.state.generation
         # fingerprint first, then the snapshot: a change in between is seen by the next poll
         with contextlib.suppress(db.DatabaseError):
