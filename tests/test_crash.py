@@ -240,7 +240,9 @@ def test_crash_while_marking_running_keeps_the_old_running_set(
     for step in range(1, 4):  # the first links, then the symlink's rename
         calls = 0
 
-        def dying_link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        def dying_link(
+            src: str | os.PathLike[str], dst: str | os.PathLike[str], step: int = step
+        ) -> None:
             nonlocal calls
             calls += 1
             if calls == step:

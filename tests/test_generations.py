@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from provhad import cycle, generations
+from provhad.snapshot import Snapshot
 from tests import rows
+from tests.test_cli_render import provhad
 from tests.test_cycle import FACTS, cfg_for, dhcpd_accepts, tree
 
 
@@ -100,3 +104,174 @@ def test_leftovers_of_a_crash_are_cleaned(tmp_path: Path) -> None:
     assert cycle.apply(cfg, rows.small(), FACTS).ok
     assert not (dhcp / ".modems-host.conf.provhad-new").exists()
     assert os.listdir(dhcp).count("modems-host.conf") == 1
+
+
+# --- the running set and the rollback to it -------------------------------------------------------
+
+
+def changed_modem() -> Snapshot:
+    """rows.small with one modem's MAC changed: modems-host.conf differs, blocked.conf not."""
+    snap = rows.small()
+    return dataclasses.replace(
+        snap, modem=[rows.modem(100000, "00:11:22:33:44:aa"), *snap.modem[1:]]
+    )
+
+
+def another_blocked_modem(snap: Snapshot) -> Snapshot:
+    """``snap`` with one more modem without internet access: blocked.conf changes too."""
+    more = rows.modem(100040, "00:11:22:33:44:40", internet_access=0)
+    return dataclasses.replace(snap, modem=[*snap.modem, more])
+
+
+def test_rollback_restores_every_file_since_the_running_set(tmp_path: Path) -> None:
+    """gen 2 changes modems-host.conf (its restart is delayed), gen 3 blocked.conf (its restart
+    fails): the rollback brings both back to what dhcpd last came up with (gen 1)."""
+    cfg = cfg_for(tmp_path)
+    state = tmp_path / "var/lib/provhad"
+    dhcp = tmp_path / "etc/dhcp-nmsprime"
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    running = generations.mark_running(state)
+    assert running is not None and running.generation == 1
+    gen1 = tree(tmp_path)
+    gen2 = cycle.apply(cfg, changed_modem(), FACTS)
+    assert str(dhcp / "modems-host.conf") in gen2.written
+    assert str(dhcp / "blocked.conf") not in gen2.written
+    gen3 = cycle.apply(cfg, another_blocked_modem(changed_modem()), FACTS)
+    assert str(dhcp / "blocked.conf") in gen3.written and gen3.generation == 3
+    back = generations.rollback(state)
+    assert back is not None and back.generation == 4 and back.files == running.files
+    assert tree(tmp_path) == gen1  # modems-host.conf too, not only the last swap's files
+    assert generations.Manifest.load(state) == back
+    assert generations.running(state) == running  # still what dhcpd came up with
+    assert dhcpd_accepts(tmp_path)
+    assert not list(tmp_path.rglob(".*provhad-*"))
+    assert not (state / generations.JOURNAL).exists()
+
+
+def test_rollback_without_a_running_set_changes_nothing(tmp_path: Path) -> None:
+    """A first install whose dhcpd does not come up keeps its files (it used to delete them)."""
+    cfg = cfg_for(tmp_path)
+    state = tmp_path / "var/lib/provhad"
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    assert cycle.apply(cfg, changed_modem(), FACTS).ok
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert generations.running(state) is None
+    assert generations.rollback(state) is None
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert generations.mark_running(tmp_path / "nothing-live") is None
+
+
+def test_rollback_removes_only_stale_cmts_files(tmp_path: Path) -> None:
+    """Files the running set lacks are kept, except cmts_gws/<id>.conf: the restored
+    cmts_gws.conf no longer includes them."""
+    cfg = cfg_for(tmp_path)
+    state = tmp_path / "var/lib/provhad"
+    dhcp = tmp_path / "etc/dhcp-nmsprime"
+    snap = rows.small()
+    one_gw = dataclasses.replace(
+        snap,
+        netgw=snap.netgw[:1],
+        ippool=[p for p in snap.ippool if p["netgw_id"] == 1],
+    )
+    assert cycle.apply(cfg, one_gw, FACTS).ok
+    assert not (dhcp / "cmts_gws/2.conf").exists()
+    running = generations.mark_running(state)
+    assert running is not None
+    assert cycle.apply(cfg, snap, FACTS).ok  # gateway 2 comes (back)
+    # a file only the live set names (e.g. a template new in this provhad version)
+    live = generations.Manifest.load(state)
+    assert live is not None
+    extra = dhcp / "extra.conf"
+    extra.write_bytes(b"# new\n")
+    files = {**live.files, str(extra): generations.sha256(b"# new\n")}
+    dataclasses.replace(live, files=files).store(state)
+    back = generations.rollback(state)
+    assert back is not None
+    assert not (dhcp / "cmts_gws/2.conf").exists()
+    assert extra.read_bytes() == b"# new\n" and back.files[str(extra)] == files[str(extra)]
+    assert {p: d for p, d in back.files.items() if p != str(extra)} == running.files
+    assert dhcpd_accepts(tmp_path)
+
+
+def test_running_set_survives_later_swaps(tmp_path: Path) -> None:
+    cfg = cfg_for(tmp_path)
+    state = tmp_path / "var/lib/provhad"
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    first = generations.mark_running(state)
+    assert first is not None
+    assert generations.mark_running(state) == first  # the same set: nothing new written
+    assert cycle.apply(cfg, changed_modem(), FACTS).ok
+    for digest in first.files.values():  # hard links keep gen 1's content
+        assert generations.file_sha256(str(state / "running" / digest)) == digest
+    second = generations.mark_running(state)
+    assert second is not None and second.generation == 2
+    assert generations.running(state) == second
+    assert len([p for p in state.iterdir() if p.name.startswith("running.")]) == 1
+
+
+def test_mark_running_refuses_a_live_file_changed_by_hand(tmp_path: Path) -> None:
+    cfg = cfg_for(tmp_path)
+    state = tmp_path / "var/lib/provhad"
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    (tmp_path / "etc/dhcp-nmsprime/global.conf").write_text("# edited\n")
+    with pytest.raises(generations.PublishError, match=r"global\.conf is not the content"):
+        generations.mark_running(state)
+    assert generations.running(state) is None
+    assert not [p for p in state.iterdir() if p.name.startswith("running")]
+
+
+# --- one writer -----------------------------------------------------------------------------------
+
+HOLDER = """
+import sys
+from pathlib import Path
+from provhad.generations import WriterLock
+with WriterLock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def test_writer_lock_refuses_a_second_writer(tmp_path: Path) -> None:
+    state = tmp_path / "root/var/lib/provhad"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(generations.Busy) as busy, generations.WriterLock(state):
+            pass
+        assert busy.value.pid == holder.pid and str(holder.pid) in str(busy.value)
+        conf = tmp_path / "c.toml"
+        conf.write_text('[database]\nhosts = ["127.0.0.1:1"]\n[provha]\nown_state = "slave"\n')
+        proc = provhad("render", "--config", conf, "--root", tmp_path / "root")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"provhad run (pid {holder.pid}) owns {state}" in proc.stderr
+        assert "use `provhad trigger` or `systemctl reload provhad`" in proc.stderr
+        assert not (tmp_path / "root/etc").exists()  # it did not even read the database
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # the holder is gone, and with it the lock (the kernel drops it with the process)
+    with generations.WriterLock(state) as lock:
+        assert lock.path.read_text() == f"{os.getpid()}\n"
+    assert lock.path.read_text() == ""
+
+
+def test_writer_lock_dies_with_its_holder(tmp_path: Path) -> None:
+    """kill -9 of the holder frees the lock: no stale lock file to clean up by hand."""
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    holder.kill()
+    holder.wait(timeout=30)
+    with generations.WriterLock(state):
+        pass
+    assert holder.stdin is not None
+    holder.stdin.close()
