@@ -321,17 +321,18 @@ class Journal:
     def load(state_dir: Path) -> Journal | None:
         """The pending journal; None when there is none. ValueError when it is unreadable."""
         try:
-            data = json.loads((state_dir / JOURNAL).read_text(encoding="utf-8"))
+            text = (state_dir / JOURNAL).read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
         try:
+            data = json.loads(text)
             return Journal(
                 {str(k): str(v) for k, v in data["renames"].items()},
                 tuple(str(p) for p in data["remove"]),
                 tuple(str(d) for d in data["dirs"]),
                 Manifest.from_dict(data["manifest"]),
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{state_dir / JOURNAL}: {exc}") from exc
 
 
@@ -493,8 +494,10 @@ def recover(state_dir: Path) -> str | None:
         _drop_journal(state_dir)
     except OSError as exc:
         raise PublishError.of("recovery of an interrupted swap", exc) from exc
-    except (ValueError, KeyError) as exc:
-        raise PublishError(f"recovery of an interrupted swap failed: {exc}") from exc
+    except (ValueError, KeyError) as exc:  # the index of the kept files is damaged
+        raise PublishError(
+            f"recovery of an interrupted swap failed: {state_dir / PREVIOUS}: {exc}"
+        ) from exc
     shutil.rmtree(state_dir / PREVIOUS, ignore_errors=True)
     return outcome
 

@@ -270,6 +270,19 @@ def test_crash_while_marking_running_keeps_the_old_running_set(
     assert dirs == [os.readlink(state / generations.RUNNING)]
 
 
+def test_a_damaged_journal_is_named(
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]],
+) -> None:
+    cfg, gens = two_sets
+    journal = state_dir(cfg) / generations.JOURNAL
+    journal.write_text("{half a journal")
+    with pytest.raises(generations.PublishError) as failed:
+        generations.recover(state_dir(cfg))
+    assert str(failed.value).startswith(f"swap journal unreadable: {journal}: "), failed.value
+    journal.unlink()
+    assert one_generation(cfg, gens) == "A"
+
+
 # --- kill -9 at random instants -----------------------------------------------------------------
 
 
