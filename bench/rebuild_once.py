@@ -20,7 +20,8 @@ import time
 
 import pymysql
 
-from provhad import config, cycle, db, model, publish
+from provhad import config, cycle, db, generations, model, validate
+from provhad.plan import live_hashes, make_plan, stale_files
 from provhad.render import INCLUDERS, Renderer
 
 
@@ -75,25 +76,23 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
         out["bytes_written"] = written
     else:
         t = time.perf_counter()
-        plan = publish.make_plan(
-            rendered, publish.live_hashes(rendered), publish.stale_files(rendered)
-        )
-        staged = publish.stage(plan, rendered)
+        plan = make_plan(rendered, live_hashes(rendered), stale_files(rendered))
+        staged = generations.stage(plan, rendered)
         stage_s = time.perf_counter() - t
         t = time.perf_counter()
-        publish.write_checks(
+        generations.write_checks(
             staged, lambda where: renderer.render(m, facts, locate=where, only=INCLUDERS)
         )
-        check = publish.validate(staged, cfg.validate)
+        check = validate.run(staged, cfg.validate)
         out["validate_s"] = time.perf_counter() - t
         if not check.ok:
             raise SystemExit(f"validation failed: {check.problems}")
         t = time.perf_counter()
         state_dir = cfg.paths.under_root(cfg.paths.state_dir)
         if not plan.empty:
-            publish.swap(staged, state_dir, cycle.set_counts(m))
+            generations.swap(staged, state_dir, cycle.set_counts(m))
         else:
-            publish.discard(staged)
+            generations.discard(staged)
         out["write_s"] = stage_s + time.perf_counter() - t
         out["bytes_written"] = sum(len(f.data) for f in plan.write)
     out["rebuild_s"] = out["snapshot_s"] + out["model_s"] + out["render_s"] + out["write_s"]

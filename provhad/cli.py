@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from provhad import __version__, config, cycle
+from provhad import __version__, config, cycle, generations, plan
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_UNKNOWN = 3  # a monitoring plugin's "UNKNOWN": exit 2 would read as CRITICAL
@@ -96,13 +97,22 @@ def _parser() -> _Parser:
     status.add_argument("--json", action="store_true", help="print the state file as JSON")
     confirm = sub.add_parser(
         "confirm-shrink",
-        help="let the next set through that the shrink guard holds back (one shot)",
+        help="let the set through that the shrink guard holds back now (one shot, expires)",
         description=(
             "The shrink guard holds back a set with more than [safety] max_shrink_percent "
-            "fewer hosts or pools than the live one (an empty or half-read database must not "
-            "empty dhcpd). After checking that the removal is intended, confirm it once; "
-            "the daemon then publishes on its next cycle (send SIGHUP to make it now)."
+            "and more than max_shrink_hosts (max_shrink_pools) fewer hosts (pools) than the "
+            "live one (an empty or half-read database must not empty dhcpd). After checking "
+            "that the removal is intended, confirm it: exactly the held set (by its hash) may "
+            "then go live, until the confirmation expires; the daemon publishes it on its next "
+            "cycle (send SIGHUP to make it now). Exit 1 when nothing is held."
         ),
+    )
+    confirm.add_argument(
+        "--ttl",
+        type=_seconds,
+        metavar="SECONDS",
+        default=plan.CONFIRM_TTL,
+        help=f"how long the confirmation stays valid (default {plan.CONFIRM_TTL:g})",
     )
     trigger = sub.add_parser(
         "trigger",
@@ -198,8 +208,8 @@ def _status(cfg: config.Config, as_json: bool) -> int:
         ("mqtt", data.get("mqtt")),
         (
             "dhcpd",
-            f"applied gen {data.get('dhcpd_applied')}, restarted gen "
-            f"{data.get('dhcpd_restarted')}"
+            f"runs gen {data.get('dhcpd_running_generation')} "
+            f"(last start {data.get('dhcpd_restart_s')} s)"
             + (", restart PENDING" if data.get("restart_pending") else "")
             + (
                 ""
@@ -219,6 +229,50 @@ def _status(cfg: config.Config, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _render(cfg: config.Config) -> int:
+    """The cycle once, unless another provhad (the daemon) publishes into the same state."""
+    state_dir = cfg.paths.under_root(cfg.paths.state_dir)
+    try:
+        with generations.WriterLock(state_dir):
+            result = asyncio.run(cycle.render_once(cfg))
+    except generations.Busy as exc:
+        holder = f"provhad run (pid {exc.pid})" if exc.pid else "another provhad"
+        print(
+            f"provhad: {holder} owns {state_dir}; it publishes by itself: use `provhad "
+            "trigger` or `systemctl reload provhad`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except generations.PublishError as exc:
+        print(f"provhad: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(cycle.summary(result))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _confirm_shrink(cfg: config.Config, ttl: float, now: dt.datetime) -> int:
+    state_dir = cfg.paths.under_root(cfg.paths.state_dir)
+    held = plan.ShrinkHold.load(state_dir)
+    if held is None:
+        print(
+            f"provhad: the shrink guard holds nothing back (no {state_dir / plan.SHRINK_HELD}); "
+            "nothing to confirm",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    expires = now + dt.timedelta(seconds=ttl)
+    try:
+        plan.Confirmation(held.set_hash, expires).store(state_dir)
+    except OSError as exc:
+        print(f"provhad: cannot write the confirmation: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"confirmed set {held.set_hash[:12]} (held since {held.at}: {held.reason}) until "
+        f"{expires.isoformat(timespec='seconds')}; the daemon publishes it on its next cycle"
+    )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -230,9 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"provhad: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "render":
-        result = asyncio.run(cycle.render_once(cfg))
-        print(cycle.summary(result))
-        return EXIT_OK if result.ok else EXIT_FAILED
+        return _render(cfg)
     if args.command == "run":
         from provhad import daemon
 
@@ -240,11 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return _status(cfg, args.json)
     if args.command == "confirm-shrink":
-        state_dir = cfg.paths.under_root(cfg.paths.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "confirm-shrink").write_text("confirmed by a person\n")
-        print("confirmed: the next set held back by the shrink guard will be published")
-        return EXIT_OK
+        return _confirm_shrink(cfg, args.ttl, dt.datetime.now(dt.UTC))
     if args.command == "check":
         from provhad import check
 

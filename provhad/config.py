@@ -137,6 +137,10 @@ class SafetyConfig:
 
     #: a set with this many percent fewer hosts or pools than the live one is held back
     max_shrink_percent: float = 10.0
+    #: ... when that is also more than this many hosts (one modem of eight is no accident)
+    max_shrink_hosts: int = 50
+    #: ... or more than this many pools
+    max_shrink_pools: int = 2
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,20 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from provhad import db, model, publish
+from provhad import db, generations, model, validate
 from provhad.config import Config
+from provhad.facts import ConfStamp, find_omapi_key, missing_configfiles, network_access_hosts
 from provhad.model import Model, Pool, Reject
+from provhad.plan import (
+    ShrinkHold,
+    ShrinkLimits,
+    judge_shrink,
+    live_counts,
+    live_hashes,
+    make_plan,
+    stale_files,
+    take_confirmation,
+)
 from provhad.render import (
     DHCPD,
     INCLUDERS,
@@ -86,20 +97,20 @@ class Result:
 def gather_facts(
     cfg: Config,
     snap: Snapshot | None = None,
-    tftp_cache: dict[str, tuple[publish.ConfStamp, bool]] | None = None,
+    tftp_cache: dict[str, tuple[ConfStamp, bool]] | None = None,
 ) -> HostFacts:
     """What the set depends on besides the database: time, FQDN, OMAPI key, TFTP configs.
 
     With ``snap``, the TFTP configs (one file per modem) are read only when its provbase row
     sets ``multiple_provisioning_systems``, the one case ignore-cpe.conf lists them; with
-    ``tftp_cache`` only those that changed (see :func:`publish.network_access_hosts`).
+    ``tftp_cache`` only those that changed (see :func:`provhad.facts.network_access_hosts`).
     """
     needed = snap is None or any(r.get("multiple_provisioning_systems") for r in snap.provbase)
     return HostFacts(
         now=dt.datetime.now(dt.UTC),
         fqdn=cfg.fqdn(),
-        omapi=publish.find_omapi_key(cfg),
-        network_access=publish.network_access_hosts(cfg, tftp_cache) if needed else frozenset(),
+        omapi=find_omapi_key(cfg),
+        network_access=network_access_hosts(cfg, tftp_cache) if needed else frozenset(),
     )
 
 
@@ -120,7 +131,7 @@ def optional_is_guilty(
     )
     with tempfile.TemporaryDirectory(prefix="provhad-probe-") as tmp:
         probe = Renderer(cfg.with_root(tmp), renderer.template_dirs)
-        return not publish.probe_dhcpd(probe.render(alone, facts), cfg.validate)
+        return not validate.probe_dhcpd(probe.render(alone, facts), cfg.validate)
 
 
 def culprit(
@@ -146,7 +157,7 @@ def set_counts(m: Model) -> dict[str, int]:
 def set_hash(rendered: RenderedSet) -> str:
     digest = hashlib.sha256()
     for path in sorted(rendered.files):
-        digest.update(f"{path}\0{publish.sha256(rendered.files[path].data)}\0".encode())
+        digest.update(f"{path}\0{generations.sha256(rendered.files[path].data)}\0".encode())
     return digest.hexdigest()
 
 
@@ -156,17 +167,21 @@ def apply(
     facts: HostFacts,
     progress: Callable[[], None] | None = None,
     held: str = "",
+    *,
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> Result:
     """Make the set rendered from ``snap`` live, unless the real daemons reject it.
 
     ``progress`` is called after each step (the daemon's watchdog is fed by it); a set whose
-    hash equals ``held`` (one rejected before) is not validated or written again.
+    hash equals ``held`` (one rejected before) is not validated or written again. A set the
+    shrink guard holds is recorded in ``shrink-held.json`` and goes live once a confirmation
+    of that very set (not expired at ``now()``) is there.
     """
     tick = progress or (lambda: None)
     result = Result(node=snap.node)
     state_dir = cfg.paths.under_root(cfg.paths.state_dir)
     # a publish a crash interrupted is finished or undone before anything reads the live set
-    recovered = publish.recover(state_dir)
+    recovered = generations.recover(state_dir)
     if recovered:
         result.warnings.append(f"an interrupted publish was found and {recovered}")
     renderer = Renderer(cfg)
@@ -203,29 +218,38 @@ def apply(
                 result.held = True
                 result.error = "the same set as the one held back"
                 return result
-        publish.clean_leftovers(publish.target_dirs(rendered))
-        plan = publish.make_plan(
-            rendered, publish.live_hashes(rendered), publish.stale_files(rendered)
-        )
-        if attempt == 0 and not plan.empty:
-            shrink = publish.shrink_problem(
-                publish.live_counts(state_dir, rendered),
-                set_counts(m),
-                cfg.safety.max_shrink_percent,
-            )
-            if shrink and not publish.take_confirmation(state_dir):
-                result.error = f"{shrink}; held back until confirmed with `provhad confirm-shrink`"
-                result.shrink_held = True
-                return result
-            if shrink:
-                result.warnings.append(f"{shrink}; published as confirmed")
-        result.missing_count, result.missing_configfiles = publish.missing_configfiles(cfg, m)
-        if plan.empty:
+        generations.clean_leftovers(generations.target_dirs(rendered))
+        todo = make_plan(rendered, live_hashes(rendered), stale_files(rendered))
+        if attempt == 0 and not todo.empty:
+            live = live_counts(state_dir, rendered)
+            verdict = judge_shrink(live, set_counts(m), ShrinkLimits.of(cfg.safety))
+            result.warnings.extend(f"shrink guard: {note}; published" for note in verdict.notes)
+            if verdict.hold:
+                released, why_not = take_confirmation(state_dir, result.set_hash, now())
+                if why_not:
+                    result.warnings.append(why_not)
+                if not released:
+                    ShrinkHold(
+                        result.set_hash,
+                        verdict.hold,
+                        {"live": live, "new": set_counts(m)},
+                        now().isoformat(timespec="seconds"),
+                    ).store(state_dir)
+                    result.error = (
+                        f"{verdict.hold}; held back until confirmed with `provhad confirm-shrink`"
+                    )
+                    result.shrink_held = True
+                    return result
+                result.warnings.append(f"{verdict.hold}; published as confirmed")
+        result.missing_count, result.missing_configfiles = missing_configfiles(cfg, m)
+        if todo.empty:
             break  # the live set is exactly this one: nothing to validate or write
-        staged = publish.stage(plan, rendered)
-        publish.write_checks(staged, functools.partial(renderer.render, m, facts, only=INCLUDERS))
+        staged = generations.stage(todo, rendered)
+        generations.write_checks(
+            staged, functools.partial(renderer.render, m, facts, only=INCLUDERS)
+        )
         tick()
-        check = publish.validate(staged, cfg.validate)
+        check = validate.run(staged, cfg.validate)
         tick()
         result.validated = check.checked
         if check.ok:
@@ -245,27 +269,28 @@ def apply(
             elif (who.table, who.id) not in dropped_rows:
                 dropped_rows[(who.table, who.id)] = reason
                 culprits.append(Reject(who.table, who.id, reason))
-        publish.discard(staged)
+        generations.discard(staged)
         if not culprits:
             result.problems = [str(p) for p in check.problems]
             result.error = "the real daemons rejected the set; nothing was written"
             return result
         result.rejected_by_dhcpd.extend(culprits)
     else:
-        publish.discard(staged)
+        generations.discard(staged)
         result.error = f"dhcpd still rejects the set after {MAX_ATTEMPTS} attempts"
         return result
 
-    if plan.empty:
-        manifest = publish.Manifest.load(state_dir)
+    if todo.empty:
+        manifest = generations.Manifest.load(state_dir)
         result.generation = manifest.generation if manifest else None
     else:
-        result.generation = publish.swap(staged, state_dir, set_counts(m)).generation
+        result.generation = generations.swap(staged, state_dir, set_counts(m)).generation
+    ShrinkHold.clear(state_dir)  # what is live now is not held back any more
     result.ok = True
-    result.written = [f.path for f in plan.write]
-    result.removed = list(plan.remove)
-    result.unchanged = list(plan.unchanged)
-    result.services = plan.services()
+    result.written = [f.path for f in todo.write]
+    result.removed = list(todo.remove)
+    result.unchanged = list(todo.unchanged)
+    result.services = todo.services()
     return result
 
 
@@ -278,7 +303,7 @@ async def render_once(cfg: Config) -> Result:
             return Result(error=str(exc))
         try:
             return apply(cfg, snap, gather_facts(cfg, snap))
-        except publish.PublishError as exc:
+        except generations.PublishError as exc:
             return Result(node=snap.node, error=str(exc))
 
 

@@ -428,6 +428,9 @@ class Daemon:
             try:
                 lock.acquire()
                 return lock
+            except generations.PublishError as exc:
+                self.log.error("writer_lock_failed", error=str(exc))
+                return None
             except generations.Busy as exc:
                 if time.monotonic() >= deadline:
                     self.log.error("writer_lock_busy", error=str(exc))

@@ -1,5 +1,5 @@
 """Crash consistency of publishing: kill -9 at random points, a crash at every rename, and a
-full or read-only file system while staging. After each crash, publish.recover() must leave
+full or read-only file system while staging. After each crash, generations.recover() must leave
 exactly one complete generation live (the previous or the new one) and the manifest naming it.
 
 ``PROVHAD_CRASH_KILLS`` (default 1000, about 15 s) sets how many kills the random loop makes and
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from provhad import config, cycle, model, publish
+from provhad import config, cycle, generations, model
+from provhad.plan import live_hashes, make_plan, stale_files
 from provhad.render import HostFacts, RenderedSet, Renderer
 from provhad.snapshot import Snapshot
 from provhad.testbed import ScratchDatabase
@@ -70,12 +71,12 @@ def state_dir(cfg: config.Config) -> Path:
     return cfg.paths.under_root(cfg.paths.state_dir)
 
 
-def publish_once(cfg: config.Config, snap: Snapshot) -> publish.Manifest:
+def publish_once(cfg: config.Config, snap: Snapshot) -> generations.Manifest:
     """What the daemon does per cycle: recover first, then the whole cycle."""
-    publish.recover(state_dir(cfg))
+    generations.recover(state_dir(cfg))
     result = cycle.apply(cfg, snap, FACTS)
     assert result.ok, result.error
-    manifest = publish.Manifest.load(state_dir(cfg))
+    manifest = generations.Manifest.load(state_dir(cfg))
     assert manifest is not None
     return manifest
 
@@ -84,7 +85,7 @@ def live_set(cfg: config.Config, paths: set[str]) -> dict[str, str]:
     """Hash of each of ``paths`` that exists, plus every cmts_gws/<id>.conf present."""
     cmts = cfg.paths.under_root(cfg.paths.dhcp_dir) / "cmts_gws"
     found = set(paths) | {str(p) for p in cmts.glob("*.conf") if re.fullmatch(r"\d+\.conf", p.name)}
-    return {p: publish.sha256(Path(p).read_bytes()) for p in sorted(found) if os.path.exists(p)}
+    return {p: generations.sha256(Path(p).read_bytes()) for p in sorted(found) if os.path.exists(p)}
 
 
 def one_generation(cfg: config.Config, gens: dict[str, dict[str, str]]) -> str:
@@ -93,14 +94,14 @@ def one_generation(cfg: config.Config, gens: dict[str, dict[str, str]]) -> str:
     live = live_set(cfg, everything)
     name = next((n for n, files in gens.items() if files == live), None)
     assert name is not None, f"live set is a mix: {sorted(live.items())}"
-    manifest = publish.Manifest.load(state_dir(cfg))
+    manifest = generations.Manifest.load(state_dir(cfg))
     assert manifest is not None and manifest.files == live, "the manifest names another set"
-    assert not (state_dir(cfg) / publish.JOURNAL).exists()
+    assert not (state_dir(cfg) / generations.JOURNAL).exists()
     return name
 
 
 @pytest.fixture
-def generations(tmp_path: Path) -> tuple[config.Config, dict[str, dict[str, str]]]:
+def two_sets(tmp_path: Path) -> tuple[config.Config, dict[str, dict[str, str]]]:
     """A root with A live, and the complete file sets of A and B (B published once before)."""
     cfg = crash_cfg(tmp_path / "root")
     gens = {"A": publish_once(cfg, rows.small()).files}
@@ -133,9 +134,9 @@ def die_at_rename(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 
 
 def test_crash_at_every_rename(
-    generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg, gens = generations
+    cfg, gens = two_sets
     real_replace = os.replace
     outcomes: Counter[str | None] = Counter()
     at = 0
@@ -160,7 +161,7 @@ def test_crash_at_every_rename(
             crashed = True
         finally:
             monkeypatch.setattr(os, "replace", real_replace)
-        outcomes[publish.recover(state_dir(cfg))] += 1
+        outcomes[generations.recover(state_dir(cfg))] += 1
         now = one_generation(cfg, gens)
         if not crashed:
             assert now != live_before
@@ -175,52 +176,111 @@ def test_crash_at_every_rename(
 
 
 def test_roll_back_when_staged_files_are_gone(
-    generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A staged file that vanished (not fsynced by a broken disk, deleted by a person): the
     new set cannot be completed, so the previous one comes back."""
-    cfg, gens = generations
+    cfg, gens = two_sets
     die_at_rename(monkeypatch, 4)  # the journal, then two renames into place
     with pytest.raises(Crash):
         cycle.apply(cfg, snapshot_b(), FACTS)
-    journal = publish.Journal.load(state_dir(cfg))
+    journal = generations.Journal.load(state_dir(cfg))
     assert journal is not None
     pending = [tmp for tmp in journal.renames.values() if os.path.exists(tmp)]
     assert pending
     os.unlink(pending[0])
-    assert publish.recover(state_dir(cfg)) == "rolled back"
+    assert generations.recover(state_dir(cfg)) == "rolled back"
     assert one_generation(cfg, gens) == "A"
-    assert publish.recover(state_dir(cfg)) is None
+    assert generations.recover(state_dir(cfg)) is None
 
 
 def test_swap_refuses_while_a_crash_is_unrecovered(
-    generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg, gens = generations
+    cfg, gens = two_sets
     die_at_rename(monkeypatch, 3)
     with pytest.raises(Crash):
         cycle.apply(cfg, snapshot_b(), FACTS)
     # nothing may publish over a half-done swap (cycle.apply calls recover() first)
-    with pytest.raises(publish.PublishError, match="interrupted swap is pending"):
-        publish.rollback(state_dir(cfg))
+    with pytest.raises(generations.PublishError, match="interrupted swap is pending"):
+        generations.rollback(state_dir(cfg))
     # without the staged files a roll forward needs, the previous set comes back, whole
-    publish.clean_leftovers([str(cfg.paths.under_root(cfg.paths.dhcp_dir))])
-    assert publish.recover(state_dir(cfg)) == "rolled back"
+    generations.clean_leftovers([str(cfg.paths.under_root(cfg.paths.dhcp_dir))])
+    assert generations.recover(state_dir(cfg)) == "rolled back"
     assert one_generation(cfg, gens) == "A"
 
 
 def test_rollback_is_journaled_too(
-    generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """publish.rollback (after dhcpd failed with a new set) crashing half-way is finished."""
-    cfg, gens = generations
+    """generations.rollback (after dhcpd failed with a new set) crashing half-way is finished."""
+    cfg, gens = two_sets
+    assert generations.mark_running(state_dir(cfg)) is not None  # dhcpd came up with A
     publish_once(cfg, snapshot_b())
-    die_at_rename(monkeypatch, 3)
+    die_at_rename(monkeypatch, 3)  # the journal, one file, then the crash
     with pytest.raises(Crash):
-        publish.rollback(state_dir(cfg))
-    assert publish.recover(state_dir(cfg)) == "rolled forward"
+        generations.rollback(state_dir(cfg))
+    assert generations.recover(state_dir(cfg)) == "rolled forward"
     assert one_generation(cfg, gens) == "A"
-    assert publish.rollback(state_dir(cfg)) is None  # nothing left to roll back to
+    live = generations.Manifest.load(state_dir(cfg))
+    assert generations.rollback(state_dir(cfg)) == live  # A is live: nothing more to do
+    assert not (state_dir(cfg) / generations.PREVIOUS).exists()
+
+
+def test_crash_while_marking_running_keeps_the_old_running_set(
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash at any step of mark_running leaves the previous running set whole."""
+    cfg, gens = two_sets
+    state = state_dir(cfg)
+    first = generations.mark_running(state)
+    assert first is not None and first.files == gens["A"]
+    publish_once(cfg, snapshot_b())
+    real_link = os.link
+    for step in range(1, 4):  # the first links, then the symlink's rename
+        calls = 0
+
+        def dying_link(
+            src: str | os.PathLike[str], dst: str | os.PathLike[str], step: int = step
+        ) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == step:
+                raise Crash
+            real_link(src, dst)
+
+        monkeypatch.setattr(os, "link", dying_link)
+        with pytest.raises(Crash):
+            generations.mark_running(state)
+        monkeypatch.setattr(os, "link", real_link)
+        assert generations.running(state) == first, step
+    die_at_rename(monkeypatch, 1)  # the switch of the running symlink
+    with pytest.raises(Crash):
+        generations.mark_running(state)
+    assert generations.running(state) == first
+    # the running files are A's although B replaced the live ones
+    for path, digest in first.files.items():
+        kept = state / generations.RUNNING / digest
+        assert generations.sha256(kept.read_bytes()) == digest, path
+    marked = generations.mark_running(state)
+    assert marked is not None and marked.files == gens["B"]
+    assert generations.running(state) == marked
+    # the half-written directories of the crashes are gone, only the current one is left
+    dirs = [p.name for p in state.iterdir() if p.name.startswith(f"{generations.RUNNING}.")]
+    assert dirs == [os.readlink(state / generations.RUNNING)]
+
+
+def test_a_damaged_journal_is_named(
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]],
+) -> None:
+    cfg, gens = two_sets
+    journal = state_dir(cfg) / generations.JOURNAL
+    journal.write_text("{half a journal")
+    with pytest.raises(generations.PublishError) as failed:
+        generations.recover(state_dir(cfg))
+    assert str(failed.value).startswith(f"swap journal unreadable: {journal}: "), failed.value
+    journal.unlink()
+    assert one_generation(cfg, gens) == "A"
 
 
 # --- kill -9 at random instants -----------------------------------------------------------------
@@ -228,10 +288,10 @@ def test_rollback_is_journaled_too(
 
 def publish_rendered(cfg: config.Config, rendered: RenderedSet, counts: dict[str, int]) -> None:
     """The file part of cycle.apply (plan, stage, swap), on a set rendered beforehand."""
-    publish.recover(state_dir(cfg))
-    publish.clean_leftovers(publish.target_dirs(rendered))
-    plan = publish.make_plan(rendered, publish.live_hashes(rendered), publish.stale_files(rendered))
-    publish.swap(publish.stage(plan, rendered), state_dir(cfg), counts)
+    generations.recover(state_dir(cfg))
+    generations.clean_leftovers(generations.target_dirs(rendered))
+    plan = make_plan(rendered, live_hashes(rendered), stale_files(rendered))
+    generations.swap(generations.stage(plan, rendered), state_dir(cfg), counts)
 
 
 def zygote_main(root: str) -> None:
@@ -288,9 +348,9 @@ def zygote(root: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_kill_9_at_random_points(
-    generations: tuple[config.Config, dict[str, dict[str, str]]],
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]],
 ) -> None:
-    cfg, gens = generations
+    cfg, gens = two_sets
     rng = random.Random(SEED)
     outcomes: Counter[str] = Counter()
     seen: Counter[str] = Counter()
@@ -310,10 +370,10 @@ def test_kill_9_at_random_points(
             assert reaped[:1] == ["reaped"], reaped
             status = int(reaped[1])
             assert os.WIFSIGNALED(status), f"worker ended by itself ({status}); seed {SEED}"
-            pending = (state_dir(cfg) / publish.JOURNAL).exists()
-            staging = any(Path(cfg.paths.root).rglob(f".*{publish.STAGE_SUFFIX}"))
+            pending = (state_dir(cfg) / generations.JOURNAL).exists()
+            staging = any(Path(cfg.paths.root).rglob(f".*{generations.STAGE_SUFFIX}"))
             try:
-                outcome = publish.recover(state_dir(cfg)) or "nothing pending"
+                outcome = generations.recover(state_dir(cfg)) or "nothing pending"
                 seen[one_generation(cfg, gens)] += 1
             except AssertionError as exc:
                 raise AssertionError(f"kill {kill}, seed {SEED}: {exc}") from None
@@ -362,8 +422,12 @@ def big_snapshot(modems: int) -> Snapshot:
 def test_disk_full_while_staging(small_fs: Path) -> None:
     cfg = crash_cfg(small_fs)
     gens = {"A": publish_once(cfg, rows.small()).files}
-    with pytest.raises(publish.PublishError, match=r"staging failed: No space left on device"):
+    with pytest.raises(generations.PublishError) as failed:
         cycle.apply(cfg, big_snapshot(8000), FACTS)
+    # the operation, the reason and the path (it was "No space left on device (None)")
+    message = str(failed.value)
+    assert re.fullmatch(r"staging failed: No space left on device \((/\S+)\)", message), message
+    assert message.endswith(f"{generations.STAGE_SUFFIX})") and str(small_fs) in message
     assert one_generation(cfg, gens) == "A"
     assert not list(small_fs.rglob(".*provhad-*")), "staged copies left on a full disk"
     # room again (the big set fits once the file system is bigger): it goes live
@@ -377,7 +441,9 @@ def test_read_only_while_staging(small_fs: Path) -> None:
     gens = {"A": publish_once(cfg, rows.small()).files}
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     try:
-        with pytest.raises(publish.PublishError, match=r"staging failed: Read-only file system"):
+        with pytest.raises(
+            generations.PublishError, match=r"staging failed: Read-only file system"
+        ):
             cycle.apply(cfg, snapshot_b(), FACTS)
         assert one_generation(cfg, gens) == "A"
     finally:
@@ -391,10 +457,10 @@ if __name__ == "__main__":
 
 
 def test_apply_recovers_an_interrupted_swap_first(
-    generations: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
+    two_sets: tuple[config.Config, dict[str, dict[str, str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The next cycle finishes a swap a crash left behind, then publishes as usual."""
-    cfg, gens = generations
+    cfg, gens = two_sets
     assert one_generation(cfg, gens) == "A"
     die_at_rename(monkeypatch, 3)  # in the middle of the renames
     with pytest.raises(Crash):
@@ -419,10 +485,10 @@ def test_kill_9_the_real_daemon_while_it_publishes(tmp_path: Path, nmsdb: Scratc
         for n in range(kills):
             lab.start()
             lab.wait(lambda m: m.get("READY") == "1")
-            manifest = publish.Manifest.load(lab.root / "var/lib/provhad")
+            manifest = generations.Manifest.load(lab.root / "var/lib/provhad")
             assert manifest is not None
             for path, digest in manifest.files.items():
-                assert publish.sha256(Path(path).read_bytes()) == digest, (n, path)
+                assert generations.sha256(Path(path).read_bytes()) == digest, (n, path)
             assert not list(lab.root.rglob(".*provhad-new")), n
             hosts = lab.file("modems-host.conf")
             assert all(f"host {h} " in hosts for h in added), n

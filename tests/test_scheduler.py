@@ -8,9 +8,9 @@ import datetime as dt
 import pytest
 
 from provhad.config import WatchConfig
+from provhad.model import MIN_REBUILD_INTERVAL
 from provhad.scheduler import (
     MAX_PAUSE_INTERVALS,
-    MIN_REBUILD_INTERVAL,
     RETRY_FIRST,
     RETRY_MAX,
     Debounce,
