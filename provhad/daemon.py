@@ -352,6 +352,7 @@ class Daemon:
     async def after_publish(self, result: cycle.Result, kinds: frozenset[str]) -> None:
         await self.reload(result.services)
         if DHCPD in result.services or "startup" in kinds:
+            await self.supervisor.measure()
             self.supervisor.poke()
         if "periodic" in kinds and self.cfg.watch.periodic_command:
             self.start_command()

@@ -97,6 +97,10 @@ class Supervisor:
             return None
         return max(0.0, self.not_before - self.clock())
 
+    async def measure(self) -> None:
+        """Read the applied digest now (after a publish, so the report that follows is true)."""
+        self.state.dhcpd_applied_set = await self.ports.applied()
+
     def poke(self) -> None:
         """The live files may have changed (a publish): look again."""
         self.wake.set()
@@ -112,7 +116,7 @@ class Supervisor:
     async def step(self) -> None:
         """Measure, and restart (or roll back) if due and allowed now."""
         async with self.lock:
-            self.state.dhcpd_applied_set = await self.ports.applied()
+            await self.measure()
             if not self.due() or self.clock() < self.not_before:
                 return
             try:

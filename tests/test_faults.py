@@ -194,7 +194,8 @@ def test_sighup_applies_a_rotated_database_password(lab: DaemonLab) -> None:
     lab.start()
     lab.wait(lambda m: m.get("READY") == "1")
     d = lab.db
-    lab.sql(f"ALTER USER '{d.ro_user}'@'%' IDENTIFIED BY 'rotated-pw'")
+    for host in ("127.0.0.1", "localhost"):
+        lab.sql(f"ALTER USER '{d.ro_user}'@'{host}' IDENTIFIED BY 'rotated-pw'")
     lab.conf.write_text(
         lab.conf.read_text().replace(f'password = "{d.ro_password}"', 'password = "rotated-pw"')
     )
