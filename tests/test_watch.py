@@ -26,6 +26,23 @@ def binlog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]
         yield server
 
 
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory, binlog_server: MariaDB) -> Iterator[MariaDB]:
+    """An async replica of ``binlog_server`` with a binlog of its own (gtid domain 2) that has
+    seen one local write, and MariaDB's default log_slave_updates=OFF."""
+    server = MariaDB(
+        tmp_path_factory.mktemp("replica"),
+        binlog=True,
+        server_id=2,
+        extra_args=("--gtid-domain-id=2",),
+    )
+    with server:
+        with server.admin() as conn, conn.cursor() as cur:
+            cur.execute("CREATE DATABASE replica_local")
+        server.replicate_from(binlog_server)
+        yield server
+
+
 @pytest.fixture(params=["plain", "binlog"])
 async def watched(
     request: pytest.FixtureRequest,
@@ -131,6 +148,33 @@ async def test_database_loss_is_reported_and_recovered(
     assert await w.changed() == ["modem"]
     assert not w.cluster.failures
     w.close()
+
+
+async def test_change_on_the_primary_is_seen_on_an_async_replica(
+    binlog_server: MariaDB, replica: MariaDB, schema_sql: Path
+) -> None:
+    with binlog_server.scratch(schema_sql, prefix="repl") as d:
+        seed_small(d)
+        replica.wait_replicated(binlog_server)
+        cfg = config.DatabaseConfig(
+            hosts=(f"{replica.host}:{replica.port}",),
+            user=d.ro_user,
+            password=d.ro_password,
+            name=d.name,
+        )
+        w = db.Watcher(cfg)
+        try:
+            assert sorted(await w.changed()) == sorted(db.WATCHED)
+            before = w.position
+            # the replica's own binlog, which replication does not move
+            assert before is not None and before.startswith("gtid:2-2-1/"), before
+            sql(d, "UPDATE modem SET mac = '00:11:22:33:44:98' WHERE id = 100001")
+            replica.wait_replicated(binlog_server)
+            assert await w.changed() == ["modem"]
+            assert w.position != before and w.position.startswith("gtid:2-2-1/")
+            assert await w.changed() == []
+        finally:
+            w.close()
 
 
 def test_fingerprint_sql_covers_watched_columns() -> None:
