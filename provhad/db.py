@@ -615,12 +615,20 @@ WATCHED: dict[str, tuple[str, ...]] = {
 }
 
 
-def fingerprint_sql(table: str) -> str:
-    """COUNT, MAX(id) and two order-independent sums of a CRC32 per row over the watched columns
-    and deleted_at: inserts, hard and soft deletes and updates within the same second (or that
-    do not touch updated_at at all) all change it; no local clock is involved."""
+def row_crc_sql(table: str) -> str:
+    """CRC32 of one row of ``table``: its id, watched columns and deleted_at, with a separator
+    (text moved from one column to the next changes it) and NULL spelt as a NUL character
+    (CONCAT_WS would skip it, so a value moved to a NULL neighbour would not change it)."""
     cols = ", ".join(f"IFNULL(`{c}`, '\\0')" for c in ("id", *WATCHED[table], "deleted_at"))
-    row = f"CRC32(CONCAT_WS('|', {cols}))"
+    return f"CRC32(CONCAT_WS('|', {cols}))"
+
+
+def fingerprint_sql(table: str) -> str:
+    """COUNT, MAX(id) and two order-independent sums of :func:`row_crc_sql` (arithmetic and
+    XOR: a change that keeps one keeps the other only by chance): inserts, hard and soft
+    deletes and updates within the same second (or that do not touch updated_at at all) all
+    change it; no local clock is involved."""
+    row = row_crc_sql(table)
     return (
         f"SELECT COUNT(*), IFNULL(MAX(id), 0), IFNULL(SUM({row}), 0), IFNULL(BIT_XOR({row}), 0)"
         f" FROM `{table}`"
