@@ -245,3 +245,18 @@ async def test_snapshot_skips_a_failed_node_and_clears_it_when_it_delivers(
     # every node failed: the failed ones are tried in order; the one that delivers is healthy
     assert (await db.read_snapshot(c.cfg, cluster=c)).node == str(sock)
     assert list(c.failures) == [tcp]
+
+
+async def test_a_poll_that_fails_moves_the_watcher_within_the_call(
+    nmsdb: ScratchDatabase, cluster: tuple[db.Cluster, Clock]
+) -> None:
+    c, _ = cluster
+    sock, tcp = c.nodes
+    w = db.Watcher(c.cfg, cluster=c)
+    await w.changed()
+    assert w.conn is not None and w.node == str(sock)
+    with nmsdb.admin.cursor() as cur:
+        cur.execute(f"KILL {w.conn.thread_id()}")  # the server drops the watcher's connection
+    assert await w.changed() == [] and w.node == str(tcp)  # no error: the next node answered
+    assert list(c.failures) == [sock] and "error 2013" in c.problems()
+    w.close()
