@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import marshal
+import socket
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -83,9 +84,23 @@ T = TypeVar("T")
 #: (a node just died, the others are evicting it) is usually whole again within a second.
 SNAPSHOT_ROUNDS = 3
 ROUND_BACKOFF = wait_exponential(multiplier=0.25, max=2.0)
-#: No statement provhad sends takes long on a healthy node; a frozen node (hung host, SIGSTOP)
-#: keeps the TCP connection open and never answers, so every statement has a deadline.
+#: No statement provhad sends takes long on a healthy node; a frozen node (hung host, SIGSTOP,
+#: powered off) keeps the TCP connection open and never answers, so every statement has a
+#: deadline. This one bounds the snapshot's reads and the watcher's fingerprints.
 MIN_QUERY_TIMEOUT = 10.0
+#: Deadline of a node's status (two SHOW statements answered from memory: health and commit
+#: position), which is all a poll reads while nothing changed. Short, so that a frozen node in
+#: use is given up within poll interval + POLL_TIMEOUT (3 s with the daemon's 1 s interval).
+#: The status is read without a causal wait, so a view change elsewhere cannot stall it.
+POLL_TIMEOUT = 2.0
+#: A node that failed is not tried first again until it passes a health probe (connect and
+#: status within PROBE_TIMEOUT), made in the background PROBE_INTERVAL s after each failure.
+#: A node that recovered is in use again (the preferred one first) within about PROBE_INTERVAL.
+PROBE_TIMEOUT = 2.0
+PROBE_INTERVAL = 3.0
+#: TCP keepalive on every connection (idle s, interval s, probes): a peer that vanished without
+#: a word (power loss, cable) is detected on an idle connection within about 11 s.
+KEEPALIVE = (5, 2, 3)
 #: A pooled connection is replaced when older than this share of the server's wait_timeout,
 #: long before the server drops it as idle.
 RECYCLE_SHARE = 0.5
@@ -93,6 +108,10 @@ RECYCLE_SHARE = 0.5
 
 class DatabaseError(Exception):
     """No node could deliver a snapshot; the message lists each node's problem."""
+
+
+class Unfit(Exception):
+    """A node that answers but must not be read from (not Synced in the Primary component)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +127,7 @@ class Node:
 
 
 def query_timeout(cfg: DatabaseConfig) -> float:
-    """Deadline of one statement (or of one small group of probes)."""
+    """Deadline of one snapshot or fingerprint statement."""
     return max(MIN_QUERY_TIMEOUT, 3 * cfg.connect_timeout)
 
 
@@ -127,9 +146,22 @@ def nodes(cfg: DatabaseConfig) -> list[Node]:
     return out
 
 
+def _keepalive(conn: aiomysql.Connection) -> None:
+    """Turn on TCP keepalive (:data:`KEEPALIVE`); aiomysql has no option for it."""
+    sock = conn._writer.get_extra_info("socket") if conn._writer is not None else None
+    if sock is None or sock.family == socket.AF_UNIX:
+        return
+    idle, interval, count = KEEPALIVE
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 async def connect(cfg: DatabaseConfig, node: Node) -> aiomysql.Connection:
-    """A connection to ``node``; the whole handshake is bounded by ``connect_timeout`` (aiomysql
-    bounds only the TCP connect, and a frozen server accepts TCP but never greets)."""
+    """A connection to ``node`` with TCP keepalive; the whole handshake is bounded by
+    ``connect_timeout`` (aiomysql bounds only the TCP connect, and a frozen server accepts TCP
+    but never greets)."""
     kwargs: dict[str, Any] = {
         "user": cfg.user,
         "password": cfg.password,
@@ -142,29 +174,214 @@ async def connect(cfg: DatabaseConfig, node: Node) -> aiomysql.Connection:
         kwargs["unix_socket"] = node.socket
     else:
         kwargs["host"], kwargs["port"] = node.host, node.port
-    return await _bounded(aiomysql.connect(**kwargs), cfg.connect_timeout)
+    conn = await _bounded(aiomysql.connect(**kwargs), cfg.connect_timeout)
+    _keepalive(conn)
+    return conn
+
+
+# --- node status: health and commit position ---------------------------------------------------
+
+_VARIABLES = ("wsrep_on", "gtid_binlog_pos", "gtid_slave_pos")
+_STATUS = (
+    "wsrep_ready",
+    "wsrep_cluster_status",
+    "wsrep_local_state_comment",
+    "wsrep_last_committed",
+)
+
+
+async def node_status(conn: aiomysql.Connection) -> dict[str, str]:
+    """What :func:`unfit` and :func:`position` judge, read in two statements (no causal wait
+    when the session has none: a poll must not stall while the cluster changes its view)."""
+    out: dict[str, str] = {}
+    async with conn.cursor() as cur:
+        for kind, names in (("VARIABLES", _VARIABLES), ("STATUS", _STATUS)):
+            listed = ", ".join(f"'{n}'" for n in names)
+            await cur.execute(f"SHOW GLOBAL {kind} WHERE Variable_name IN ({listed})")
+            out.update(
+                (str(k).lower(), "" if v is None else str(v)) for k, v in await cur.fetchall()
+            )
+    return out
+
+
+def unfit(status: dict[str, str]) -> str | None:
+    """Why a node with this :func:`node_status` must not be read from, or None when it is fit.
+
+    A plain server (wsrep_on OFF) is fit. A Galera node must be in the Primary component,
+    ready and Synced (a Donor, Joiner or Desynced node may lag behind its cluster); a value it
+    does not report counts as failing."""
+    if status.get("wsrep_on", "OFF").upper() != "ON":
+        return None
+    # Primary first: a node cut off from its cluster is also not ready, and this says why
+    cluster = status.get("wsrep_cluster_status", "unknown")
+    if cluster != "Primary":
+        return f"not in the Primary component ({cluster})"
+    if status.get("wsrep_ready", "OFF").upper() != "ON":
+        return "wsrep_ready is OFF"
+    state = status.get("wsrep_local_state_comment", "unknown")
+    if state != "Synced":
+        return f"not Synced ({state})"
+    return None
+
+
+def position(status: dict[str, str]) -> str | None:
+    """A value of :func:`node_status` that moves whenever anything commits on the node:
+    Galera's wsrep_last_committed, else the GTID positions of the binlog (local commits) and
+    of replication (what an async replica applied: without log_slave_updates its binlog never
+    moves); None when the server offers none (then every poll fingerprints)."""
+    committed = status.get("wsrep_last_committed", "")
+    if status.get("wsrep_on", "OFF").upper() == "ON" and committed not in ("", "-1"):
+        return f"wsrep:{committed}"
+    binlog, applied = status.get("gtid_binlog_pos", ""), status.get("gtid_slave_pos", "")
+    if binlog or applied:
+        return f"gtid:{binlog}/{applied}"
+    return None
 
 
 async def node_health(conn: aiomysql.Connection) -> str | None:
-    """Why this node must not be read from, or None when it is fit (or not a Galera node)."""
+    """Why the node behind ``conn`` must not be read from, or None (see :func:`unfit`)."""
+    return unfit(await node_status(conn))
+
+
+async def commit_position(conn: aiomysql.Connection) -> str | None:
+    """The commit position of the node behind ``conn`` (see :func:`position`)."""
+    return position(await node_status(conn))
+
+
+async def _sync_wait(conn: aiomysql.Connection, causal: bool) -> None:
+    """Make the session's reads wait (or not) for what the cluster certified before them."""
     async with conn.cursor() as cur:
-        await cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
-        wsrep_on = await cur.fetchone()
-        if wsrep_on is None or str(wsrep_on[1]).upper() != "ON":
-            return None  # a plain MariaDB (or MySQL) server
-        await cur.execute(
-            "SHOW GLOBAL STATUS WHERE Variable_name IN"
-            " ('wsrep_ready', 'wsrep_cluster_status', 'wsrep_local_state_comment')"
-        )
-        status = {str(k): str(v) for k, v in await cur.fetchall()}
-    # Primary first: a node cut off from its cluster is also not ready, and this says why
-    if status.get("wsrep_cluster_status", "Primary") != "Primary":
-        return f"not in the Primary component ({status['wsrep_cluster_status']})"
-    if status.get("wsrep_ready", "ON") != "ON":
-        return "wsrep_ready is OFF"
-    if status.get("wsrep_local_state_comment", "Synced") != "Synced":
-        return f"not Synced ({status['wsrep_local_state_comment']})"
-    return None
+        with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
+            await cur.execute(f"SET SESSION wsrep_sync_wait = {int(causal)}")
+
+
+async def _open(cfg: DatabaseConfig, node: Node) -> tuple[aiomysql.Connection, dict[str, str]]:
+    """A connection to a fit ``node`` and its status; raises Unfit, MySQLError or OSError."""
+    conn = await connect(cfg, node)
+    try:
+        status = await _bounded(node_status(conn), POLL_TIMEOUT)
+        reason = unfit(status)
+        if reason:
+            raise Unfit(reason)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, status
+
+
+_FAILURES = (pymysql.err.MySQLError, OSError, Unfit)
+
+
+# --- node selection ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Failure:
+    reason: str
+    probe_at: float  # clock time the next health probe is due
+
+
+class Cluster:
+    """Which node to use, shared by the watcher and the snapshot reads so both use the same one.
+
+    Nodes are used in configured order, the first one preferred. A node that fails is
+    remembered and tried only after every other node until it passes a health probe
+    (:meth:`probe_due`, run in the background by :meth:`watch`); then it is in use again if it
+    comes first. ``clock`` (monotonic seconds) is injectable for tests.
+    """
+
+    def __init__(self, cfg: DatabaseConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.nodes = nodes(cfg)
+        self.failures: dict[Node, _Failure] = {}
+        self._prober: asyncio.Task[None] | None = None
+
+    def order(self) -> list[Node]:
+        """Nodes to try, best first: the healthy ones in configured order, then the failed ones
+        (still tried: when every node failed, one of them is all there is)."""
+        return [n for n in self.nodes if n not in self.failures] + [
+            n for n in self.nodes if n in self.failures
+        ]
+
+    @property
+    def preferred(self) -> Node:
+        """The node to use now."""
+        return self.order()[0]
+
+    def failed(self, node: Node, reason: str) -> None:
+        """``node`` failed (again): probe it PROBE_INTERVAL s from now."""
+        self.failures[node] = _Failure(reason, self.clock() + PROBE_INTERVAL)
+
+    def healthy(self, node: Node) -> None:
+        """``node`` answered and is fit."""
+        self.failures.pop(node, None)
+
+    def due(self) -> list[Node]:
+        """Failed nodes whose health probe is due."""
+        now = self.clock()
+        return [n for n in self.nodes if n in self.failures and self.failures[n].probe_at <= now]
+
+    def problems(self) -> str:
+        return "; ".join(f"{n}: {f.reason}" for n, f in self.failures.items())
+
+    async def attempt(
+        self, work: Callable[[Node, aiomysql.Connection, dict[str, str]], Awaitable[T]], what: str
+    ) -> T:
+        """``work`` on the first node in :meth:`order` that connects, is fit and lets ``work``
+        finish; ``work`` owns the connection (closed here when it fails). Raises DatabaseError
+        (``what``: each node's problem) when no node did."""
+        problems: list[str] = []
+        for node in self.order():
+            conn = None
+            try:
+                conn, status = await _open(self.cfg, node)
+                result = await work(node, conn, status)
+            except _FAILURES as exc:
+                if conn is not None:
+                    conn.close()
+                self.failed(node, _describe(exc))
+                problems.append(f"{node}: {_describe(exc)}")
+                continue
+            self.healthy(node)
+            return result
+        raise DatabaseError(f"{what}: " + "; ".join(problems))
+
+    async def probe(self, node: Node) -> bool:
+        """A health probe of ``node`` within PROBE_TIMEOUT; records the outcome."""
+        try:
+            conn, _ = await _bounded(_open(self.cfg, node), PROBE_TIMEOUT)
+        except _FAILURES as exc:
+            self.failed(node, _describe(exc))
+            return False
+        conn.close()
+        self.healthy(node)
+        return True
+
+    async def probe_due(self) -> None:
+        """Probe every failed node whose probe is due, concurrently."""
+        await asyncio.gather(*(self.probe(n) for n in self.due()))
+
+    async def run_probes(self) -> None:
+        """Probe failed nodes when due, until none is failed."""
+        while self.failures:
+            wait = min(f.probe_at for f in self.failures.values()) - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                await self.probe_due()
+
+    def watch(self) -> None:
+        """Have failed nodes probed in the background (off the poll's path) while there are
+        any; cheap when nothing failed. Needs a running event loop."""
+        if self.failures and (self._prober is None or self._prober.done()):
+            self._prober = asyncio.get_running_loop().create_task(self.run_probes())
+
+    def close(self) -> None:
+        """Stop the background probes."""
+        if self._prober is not None:
+            self._prober.cancel()
+            self._prober = None
 
 
 async def _rows(cur: Any, sql: str, timeout: float) -> Sequence[Row]:
@@ -265,8 +482,7 @@ async def read_snapshot_from(
     """
     async with conn.cursor(aiomysql.DictCursor) as cur, conn.cursor() as big:
         # causal read: see every commit the cluster has certified before this point
-        with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
-            await cur.execute("SET SESSION wsrep_sync_wait = 1")
+        await _sync_wait(conn, True)
         await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         try:
@@ -302,52 +518,41 @@ async def read_snapshot_from(
     return Snapshot(**tables, fixed_ips=fixed, node=node)
 
 
-async def _snapshot_round(cfg: DatabaseConfig, cache: RowCache | None, full: bool) -> Snapshot:
-    """One pass over the nodes in order: the first healthy one that answers delivers."""
-    problems: list[str] = []
+async def read_snapshot(
+    cfg: DatabaseConfig,
+    cache: RowCache | None = None,
+    *,
+    full: bool = True,
+    cluster: Cluster | None = None,
+) -> Snapshot:
+    """A snapshot from the first healthy node of ``cluster`` (its :meth:`Cluster.order`; without
+    one, the configured order); up to ``SNAPSHOT_ROUNDS`` rounds over the nodes with a backoff
+    in between. Raises DatabaseError (the last round's problems) when no node delivered.
+    ``cache``: see :func:`read_snapshot_from`."""
+    nodes_ = Cluster(cfg) if cluster is None else cluster
+    nodes_.watch()
     timeout = query_timeout(cfg)
-    for node in nodes(cfg):
+
+    async def read(node: Node, conn: aiomysql.Connection, _status: dict[str, str]) -> Snapshot:
         try:
-            conn = await connect(cfg, node)
-        except (pymysql.err.MySQLError, OSError) as exc:
-            problems.append(f"{node}: {_describe(exc)}")
-            continue
-        try:
-            unfit = await _bounded(node_health(conn), timeout)
-            if unfit:
-                problems.append(f"{node}: {unfit}")
-                continue
             return await read_snapshot_from(conn, str(node), timeout, cache, full)
-        except (pymysql.err.MySQLError, OSError) as exc:
-            problems.append(f"{node}: {_describe(exc)}")
         finally:
             conn.close()
-    raise DatabaseError("no database node delivered a snapshot: " + "; ".join(problems))
 
-
-async def read_snapshot(
-    cfg: DatabaseConfig, cache: RowCache | None = None, *, full: bool = True
-) -> Snapshot:
-    """A snapshot from the first healthy node, trying each configured node in order; up to
-    ``SNAPSHOT_ROUNDS`` rounds with a backoff in between. Raises DatabaseError (the last
-    round's problems) when no node delivered. ``cache``: see :func:`read_snapshot_from`."""
     retrying = AsyncRetrying(
         stop=stop_after_attempt(SNAPSHOT_ROUNDS),
         wait=ROUND_BACKOFF,
         retry=retry_if_exception_type(DatabaseError),
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            return await _snapshot_round(cfg, cache, full)
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await nodes_.attempt(read, "no database node delivered a snapshot")
+    finally:
+        if cluster is None:
+            nodes_.close()
     raise AssertionError("unreachable: tenacity reraises the last DatabaseError")
-
-
-async def _causal_reads(conn: aiomysql.Connection) -> None:
-    """Make SELECT and SHOW (the commit position too) wait for what the cluster committed."""
-    async with conn.cursor() as cur:
-        with contextlib.suppress(pymysql.err.MySQLError):  # not a Galera server
-            await cur.execute("SET SESSION wsrep_sync_wait = 1")
 
 
 async def _wait_timeout(conn: aiomysql.Connection) -> float:
@@ -410,42 +615,31 @@ WATCHED: dict[str, tuple[str, ...]] = {
 }
 
 
-def fingerprint_sql(table: str) -> str:
-    """COUNT, MAX(id) and two order-independent sums of a CRC32 per row over the watched columns
-    and deleted_at: inserts, hard and soft deletes and updates within the same second (or that
-    do not touch updated_at at all) all change it; no local clock is involved."""
+def row_crc_sql(table: str) -> str:
+    """CRC32 of one row of ``table``: its id, watched columns and deleted_at, with a separator
+    (text moved from one column to the next changes it) and NULL spelt as a NUL character
+    (CONCAT_WS would skip it, so a value moved to a NULL neighbour would not change it)."""
     cols = ", ".join(f"IFNULL(`{c}`, '\\0')" for c in ("id", *WATCHED[table], "deleted_at"))
-    row = f"CRC32(CONCAT_WS('|', {cols}))"
+    return f"CRC32(CONCAT_WS('|', {cols}))"
+
+
+def fingerprint_sql(table: str) -> str:
+    """COUNT, MAX(id) and two order-independent sums of :func:`row_crc_sql` (arithmetic and
+    XOR: a change that keeps one keeps the other only by chance): inserts, hard and soft
+    deletes and updates within the same second (or that do not touch updated_at at all) all
+    change it; no local clock is involved."""
+    row = row_crc_sql(table)
     return (
         f"SELECT COUNT(*), IFNULL(MAX(id), 0), IFNULL(SUM({row}), 0), IFNULL(BIT_XOR({row}), 0)"
         f" FROM `{table}`"
     )
 
 
-async def commit_position(conn: aiomysql.Connection) -> str | None:
-    """A cheap value that moves whenever anything commits: Galera's wsrep_last_committed, else
-    the binlog GTID position; None when the server offers neither (then every poll fingerprints)."""
-    async with conn.cursor() as cur:
-        await cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_last_committed'")
-        row = await cur.fetchone()
-        if row is not None and str(row[1]) not in ("", "-1"):
-            await cur.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
-            on = await cur.fetchone()
-            if on is not None and str(on[1]).upper() == "ON":
-                return f"wsrep:{row[1]}"
-        await cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-        gtid = await cur.fetchone()
-        if gtid is not None and gtid[0]:
-            return f"gtid:{gtid[0]}"
-    return None
-
-
 async def fingerprints(conn: aiomysql.Connection) -> dict[str, tuple[int, ...]]:
     """Fingerprint of every watched table, read in one consistent snapshot."""
     out: dict[str, tuple[int, ...]] = {}
+    await _sync_wait(conn, True)
     async with conn.cursor() as cur:
-        with contextlib.suppress(pymysql.err.MySQLError):
-            await cur.execute("SET SESSION wsrep_sync_wait = 1")
         await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         try:
             for table in WATCHED:
@@ -460,86 +654,96 @@ async def fingerprints(conn: aiomysql.Connection) -> dict[str, tuple[int, ...]]:
                 out[table] = tuple(int(v) for v in row)
         finally:
             await conn.rollback()
+    await _sync_wait(conn, False)  # the polls that follow must not wait for the cluster
     return out
 
 
 class Watcher:
-    """Keeps one connection to a healthy node and tells which watched tables changed.
+    """Keeps one connection to the node its :class:`Cluster` prefers and tells which watched
+    tables changed.
 
+    A poll reads the node's status (health and commit position) within POLL_TIMEOUT and
+    fingerprints the tables only when the position moved. A node that fails is given up at once
+    for the next one in the cluster's order (within the same call); when the cluster prefers
+    another node again (a recovered one that comes first), the watcher moves to it.
     The fingerprints survive reconnects (to the same or another node, or after the whole
     cluster was down), so a change committed while no node answered is reported afterwards.
     """
 
-    def __init__(self, cfg: DatabaseConfig) -> None:
+    def __init__(self, cfg: DatabaseConfig, cluster: Cluster | None = None) -> None:
         self.cfg = cfg
+        self.cluster = Cluster(cfg) if cluster is None else cluster
+        self._own_cluster = cluster is None
         self.conn: aiomysql.Connection | None = None
         self.node: str = ""
+        self._node: Node | None = None
         self.position: str | None = None
         self.prints: dict[str, tuple[int, ...]] | None = None
-        #: monotonic time the connection was made, and its age at which it is replaced
+        #: clock time the connection was made, and its age at which it is replaced
         self.connected_at = 0.0
         self.max_age = float("inf")
         self.timeout = query_timeout(cfg)
 
-    async def _connection(self) -> aiomysql.Connection:
-        if self.conn is not None and not self.conn.closed:
-            if time.monotonic() - self.connected_at < self.max_age:
-                return self.conn
-            self.close()  # before the server drops it as idle (an error on the next poll)
-        problems = []
-        for node in nodes(self.cfg):
+    async def _adopt(
+        self, node: Node, conn: aiomysql.Connection, status: dict[str, str]
+    ) -> dict[str, str]:
+        await conn.autocommit(True)
+        await _bounded(_sync_wait(conn, False), POLL_TIMEOUT)
+        wait_timeout = await _bounded(_wait_timeout(conn), POLL_TIMEOUT)
+        self.conn, self._node, self.node = conn, node, str(node)
+        self.connected_at = self.cluster.clock()
+        self.max_age = wait_timeout * RECYCLE_SHARE if wait_timeout > 0 else float("inf")
+        # another node (or a re-bootstrapped cluster) may number its commits alike: compare
+        # content once before trusting the position again
+        self.position = None
+        return status
+
+    async def _status(self) -> dict[str, str]:
+        """The status of a fit node, connecting (or moving) to the cluster's choice as needed."""
+        if self.conn is not None and (
+            self.conn.closed
+            or self._node != self.cluster.preferred
+            or self.cluster.clock() - self.connected_at >= self.max_age  # before the server
+        ):  # drops it as idle (an error on the next poll)
+            self.close()
+        if self.conn is not None and self._node is not None:
             try:
-                conn = await connect(self.cfg, node)
-            except (pymysql.err.MySQLError, OSError) as exc:
-                problems.append(f"{node}: {_describe(exc)}")
-                continue
-            try:
-                unfit = await _bounded(node_health(conn), self.timeout)
-                if not unfit:
-                    await conn.autocommit(True)
-                    await _bounded(_causal_reads(conn), self.timeout)
-                    wait_timeout = await _bounded(_wait_timeout(conn), self.timeout)
-            except (pymysql.err.MySQLError, OSError) as exc:
-                unfit = _describe(exc)
-            if unfit:
-                conn.close()
-                problems.append(f"{node}: {unfit}")
-                continue
-            self.conn, self.node = conn, str(node)
-            self.connected_at = time.monotonic()
-            self.max_age = wait_timeout * RECYCLE_SHARE if wait_timeout > 0 else float("inf")
-            # another node (or a re-bootstrapped cluster) may number its commits alike: compare
-            # content once before trusting the position again
-            self.position = None
-            return conn
-        raise DatabaseError("no healthy database node: " + "; ".join(problems))
+                status = await _bounded(node_status(self.conn), POLL_TIMEOUT)
+                reason = unfit(status)
+                if reason is None:
+                    return status
+                raise Unfit(reason)
+            except _FAILURES as exc:
+                self.cluster.failed(self._node, _describe(exc))
+                self.close()
+        return await self.cluster.attempt(self._adopt, "no healthy database node")
 
     def close(self) -> None:
+        """Drop the connection (and stop the probes of a cluster this watcher made)."""
         if self.conn is not None:
             self.conn.close()
         self.conn = None
+        if self._own_cluster:
+            self.cluster.close()
 
     async def changed(self) -> list[str]:
         """Watched tables whose content changed since the last call (all of them the first time).
 
         Raises DatabaseError (and drops the connection) when no node can answer."""
+        self.cluster.watch()
+        status = await self._status()
+        pos = position(status)
+        if pos is not None and pos == self.position and self.prints is not None:
+            return []
+        assert self.conn is not None and self._node is not None
         try:
-            conn = await self._connection()
-            unfit = await _bounded(node_health(conn), self.timeout)
-            if unfit:
-                raise DatabaseError(f"{self.node}: {unfit}")
-            position = await _bounded(commit_position(conn), self.timeout)
-            if position is not None and position == self.position and self.prints is not None:
-                return []
-            prints = await _bounded(fingerprints(conn), self.timeout)
-        except (pymysql.err.MySQLError, OSError) as exc:
-            node = self.node
+            prints = await _bounded(fingerprints(self.conn), self.timeout)
+        except _FAILURES as exc:
+            node = self._node
+            self.cluster.failed(node, _describe(exc))
             self.close()
             raise DatabaseError(f"{node}: {_describe(exc)}") from exc
-        except DatabaseError:
-            self.close()
-            raise
-        old, self.prints, self.position = self.prints, prints, position
+        old, self.prints, self.position = self.prints, prints, pos
         if old is None:
             return list(prints)
         return [t for t in prints if prints[t] != old.get(t)]

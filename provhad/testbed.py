@@ -361,6 +361,30 @@ class MariaDB(_Server):
                 for host in ("127.0.0.1", "localhost"):
                     cur.execute("DROP USER IF EXISTS %s@%s", (user, host))
 
+    def replicate_from(self, primary: MariaDB) -> None:
+        """Become an async replica of ``primary`` (started with ``binlog``), by GTID from its
+        first binlog event, as root over TCP. Without ``--log-slave-updates`` (MariaDB's
+        default) what this server applies never reaches its own binlog."""
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute(
+                "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = 'root',"
+                " MASTER_PASSWORD = '', MASTER_USE_GTID = slave_pos",
+                (primary.host, primary.port),
+            )
+            cur.execute("START SLAVE")
+
+    def wait_replicated(self, primary: MariaDB, timeout: float = START_TIMEOUT) -> None:
+        """Until this replica applied everything ``primary`` had committed at the call."""
+        with primary.admin() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+            row = cur.fetchone()
+        with self.admin() as conn, conn.cursor() as cur:
+            cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (row[0] if row else "", timeout))
+            waited = cur.fetchone()
+            if waited is None or waited[0] != 0:
+                cur.execute("SHOW SLAVE STATUS")
+                raise TestbedError(f"replica behind after {timeout:.0f}s: {cur.fetchone()}")
+
     @contextlib.contextmanager
     def scratch(self, schema_sql: Path, prefix: str = "nms") -> Iterator[ScratchDatabase]:
         """A fresh, uniquely named database with ``schema_sql`` and a SELECT-only user.
