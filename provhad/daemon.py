@@ -49,12 +49,19 @@ class Poller:
 
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
-        self.watcher = db.Watcher(daemon.cfg.database)
+        #: picks the node for polls and snapshots alike; failed nodes go last until probed
+        self.cluster = db.Cluster(daemon.cfg.database)
+        self.watcher = db.Watcher(daemon.cfg.database, cluster=self.cluster)
 
     def replace(self, cfg: Config) -> None:
-        """New database settings (SIGHUP): a new watcher; fingerprints start over."""
+        """New database settings (SIGHUP): a new cluster and watcher; fingerprints start over."""
+        self.close()
+        self.cluster = db.Cluster(cfg.database)
+        self.watcher = db.Watcher(cfg.database, cluster=self.cluster)
+
+    def close(self) -> None:
         self.watcher.close()
-        self.watcher = db.Watcher(cfg.database)
+        self.cluster.close()
 
     async def once(self) -> float | None:
         """One poll; the seconds a successful one took, None when it failed."""
@@ -72,6 +79,8 @@ class Poller:
         took = time.monotonic() - started
         if not s.db_ok or s.db_node != self.watcher.node:
             was_down = not s.db_ok
+            if not was_down:
+                self.d.log.warning("db_node_changed", node=self.watcher.node, was=s.db_node)
             s.db_ok, s.db_node, s.db_error = True, self.watcher.node, ""
             if was_down:
                 self.d.log.info("db_up", node=self.watcher.node)
@@ -267,7 +276,9 @@ class Daemon:
     async def _cycle(self, kinds: frozenset[str], trigger: str) -> cycle.Result:
         full = not FULL_READ.isdisjoint(kinds)
         try:
-            snap = await db.read_snapshot(self.cfg.database, self.rows, full=full)
+            snap = await db.read_snapshot(
+                self.cfg.database, self.rows, full=full, cluster=self.poller.cluster
+            )
         except db.DatabaseError as exc:
             self.state.db_ok, self.state.db_error = False, str(exc)
             self.log.warning("cycle_skipped", trigger=trigger, error=str(exc))
@@ -400,7 +411,8 @@ class Daemon:
             self.watchdog.stale_after = new.watch.stall_timeout
         self.supervisor.pacing = self.pacing()
         self.scheduler.timezone = new.render.timezone
-        self.state.held_set = ""  # the config changed: a held set may pass now
+        if new != old:
+            self.state.held_set = ""  # e.g. a validator's path was fixed: try the set again
         self.log.info("config_reloaded", source=new.source)
 
     def _restart_mqtt(self) -> None:
@@ -522,7 +534,7 @@ class Daemon:
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 self.log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
-        self.poller.watcher.close()
+        self.poller.close()
         self.state.status = "stopped"
         self.reporter.save()
         lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -123,6 +124,17 @@ check_attempts = 1
 
     def wait_status(self, text: str, timeout: float = 60) -> str:
         return self.wait(lambda m: text in m.get("STATUS", ""), timeout)["STATUS"]
+
+    def wait_restarts(self, n: int, timeout: float = 60) -> None:
+        """Until dhcpd was restarted ``n`` times in all and runs the live files (the
+        supervisor restarts beside the main loop, after the STATUS of the publish)."""
+
+        def settled(_: dict[str, str]) -> bool:
+            state = json.loads((self.root / "var/lib/provhad/state.json").read_text())
+            return self.restart_count() >= n and not state["restart_pending"]
+
+        self.wait(settled, timeout)
+        assert self.restart_count() == n, (self.restart_count(), n)
 
     def restart_count(self) -> int:
         return len(self.restarts.read_text().splitlines()) if self.restarts.exists() else 0
