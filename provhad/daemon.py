@@ -355,6 +355,7 @@ class Daemon:
         """Let named and chronyd pick up their files; a failure is an error, not a note."""
         for service in (NAMED, CHRONY):
             if service in which:
+                self.beat()  # each reload is bounded by services.timeout (< stall_timeout)
                 outcome = await services.reload(self.cfg, service)
                 (self.log.info if outcome.ok else self.log.error)(
                     "reload", service=service, ok=outcome.ok, result=outcome.describe()

@@ -342,3 +342,55 @@ def test_daemon_keeps_up_while_the_node_it_reads_from_dies(
     finally:
         if lab.alive():
             lab.stop()
+
+
+@pytest.mark.parametrize("fault", ["freeze", "kill"])
+def test_daemon_fails_over_in_seconds_with_defaults(
+    cluster: GaleraCluster, galera_db: ScratchDatabase, tmp_path: Path, fault: str
+) -> None:
+    """Issue 10 item 1, end to end with the operator's defaults (connect_timeout 5 s, debounce
+    1 s / 15 s) and poll_interval 1 s: after the node provhad reads from freezes (SIGSTOP: TCP
+    open, no answers) or dies, a change committed on a healthy node is live within 10 s
+    (freeze) or 5 s (kill), counted from the fault. Figures in docs/reliability.md."""
+    import json
+
+    from provhad.config import WatchConfig
+    from tests.daemon_lab import DaemonLab
+
+    lab = DaemonLab(tmp_path, galera_db)
+    lab.configure()
+    hosts = ", ".join(f'"{h}"' for h in cluster.hosts)
+    w = WatchConfig()
+    text = lab.conf.read_text()
+    text = text.replace(f'hosts = ["{galera_db.host}:{galera_db.port}"]', f"hosts = [{hosts}]")
+    text = text.replace("connect_timeout = 2\n", "")
+    text = text.replace("poll_interval = 0.2\n", "poll_interval = 1\n")
+    text = text.replace("quiet_period = 0.3\n", f"quiet_period = {w.quiet_period}\n")
+    text = text.replace("max_delay = 3\n", f"max_delay = {w.max_delay}\n")
+    lab.conf.write_text(text)
+    lab.start()
+    try:
+        lab.wait(lambda m: m.get("READY") == "1")
+        state = lab.root / "var/lib/provhad/state.json"
+        victim = cluster.hosts.index(json.loads(state.read_text())["db_node"])
+        began = time.monotonic()
+        if fault == "freeze":
+            cluster[victim].sigstop()
+        else:
+            cluster[victim].kill()
+        name = add_modem(cluster[(victim + 1) % 3], galera_db)
+        committed = time.monotonic() - began
+        lab.wait(
+            lambda m: f"host {name} " in lab.file("modems-host.conf"), timeout=DEADLINE
+        )
+        took = time.monotonic() - began
+        print(f"{fault}: committed after {committed:.1f} s, live after {took:.1f} s")
+        assert took < (10.0 if fault == "freeze" else 5.0), (committed, took)
+        assert json.loads(state.read_text())["db_node"] != cluster.hosts[victim]
+        assert lab.alive()
+        assert lab.stop() == 0
+    finally:
+        if lab.alive():
+            lab.stop()
+        if fault == "freeze":
+            cluster[victim].sigcont()
