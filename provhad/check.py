@@ -118,6 +118,9 @@ def evaluate(
             f"{state.dhcpd_running_generation})",
         )
 
+    if state.hook_ok is False:
+        add(WARNING, f"configfile build FAILED: {state.hook_error}")
+
     if not state.db_ok:
         add(_SEVERITY[limits.db_down], f"database DOWN: {state.db_error or 'no node'}")
     elif preferred_node and state.db_node and state.db_node != preferred_node:

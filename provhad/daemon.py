@@ -24,6 +24,7 @@ from typing import Any
 
 from provhad import config, cycle, db, generations, log, services
 from provhad.config import Config
+from provhad.hook import Hook
 from provhad.notify import Notifier, Watchdog, watchdog_interval
 from provhad.render import CHRONY, DHCPD, NAMED
 from provhad.report import Reporter
@@ -89,6 +90,8 @@ class Poller:
             self.d.reporter.report()
         if changed:
             self.d.want("poll", ",".join(changed))
+        if self.watcher.hook_changes:
+            self.d.hook.request("changed: " + ",".join(self.watcher.hook_changes))
         return took
 
     async def run(self) -> None:
@@ -147,9 +150,16 @@ class Daemon:
         self.rows = db.RowCache()
         # what the TFTP cm/*.conf files say, by file stamp (read again when they change)
         self.tftp: dict[str, tuple[Any, bool]] = {}
+        self.hook = Hook(
+            self.cfg.watch.periodic_command,
+            self.cfg.watch.periodic_command_timeout,
+            (self.cfg.watch.quiet_period, self.cfg.watch.max_delay),
+            self.state,
+            self.reporter.report,
+            self.log,
+        )
         self.watchdog: Watchdog | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.command: asyncio.Task[None] | None = None
         self.stop_requests = 0
 
     @property
@@ -366,26 +376,8 @@ class Daemon:
         if DHCPD in result.services or "startup" in kinds:
             await self.supervisor.measure()
             self.supervisor.poke()
-        if "periodic" in kinds and self.cfg.watch.periodic_command:
-            self.start_command()
-
-    def start_command(self) -> None:
-        """The periodic command (e.g. NMS Prime's configfile build), beside the loop, never
-        two at once, bounded by its timeout."""
-        if self.command is not None and not self.command.done():
-            self.log.warning("periodic_command_busy")
-            return
-
-        async def run() -> None:
-            w = self.cfg.watch
-            outcome = await services.run(w.periodic_command, w.periodic_command_timeout)
-            self.state.periodic_command = f"{now_iso()} {'ok' if outcome.ok else 'FAILED'}"
-            (self.log.info if outcome.ok else self.log.error)(
-                "periodic_command", ok=outcome.ok, result=outcome.describe()
-            )
-            self.reporter.report()
-
-        self.command = asyncio.create_task(run(), name="periodic_command")
+        if "periodic" in kinds:
+            self.hook.request("periodic")
 
     def reload_config(self) -> None:
         """SIGHUP: read the configuration again and apply every part of it that can change
@@ -411,6 +403,9 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.stale_after = new.watch.stall_timeout
         self.supervisor.pacing = self.pacing()
+        w = new.watch
+        self.hook.command, self.hook.timeout = w.periodic_command, w.periodic_command_timeout
+        self.hook.debounce = (w.quiet_period, w.max_delay)
         self.scheduler.timezone = new.render.timezone
         if new != old:
             self.state.held_set = ""  # e.g. a validator's path was fixed: try the set again
@@ -496,6 +491,7 @@ class Daemon:
             await self.startup()
             self.tasks["poll"] = asyncio.create_task(self.poller.run(), name="poll")
             self.tasks["dhcpd"] = asyncio.create_task(self.supervisor.run(), name="dhcpd")
+            self.tasks["hook"] = asyncio.create_task(self.hook.run(), name="hook")
             self.reporter.report()
             self.notifier.ready(self.state.status)
             while not self.stop.is_set():
@@ -521,7 +517,11 @@ class Daemon:
         for name, task in list(self.tasks.items()):
             if task.done() and not task.cancelled():
                 self.log.error("task_failed", task=name, error=repr(task.exception()))
-                factory = {"poll": self.poller.run, "dhcpd": self.supervisor.run}.get(name)
+                factory = {
+                    "poll": self.poller.run,
+                    "dhcpd": self.supervisor.run,
+                    "hook": self.hook.run,
+                }.get(name)
                 if factory is not None:
                     self.tasks[name] = asyncio.create_task(factory(), name=name)
 
@@ -529,8 +529,6 @@ class Daemon:
         self.notifier.stopping("stopping")
         self.log.info("stopping")
         tasks = list(self.tasks.values())
-        if self.command is not None:
-            tasks.append(self.command)
         await cancel_and_wait(tasks, STOP_GRACE)
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:

@@ -615,11 +615,35 @@ WATCHED: dict[str, tuple[str, ...]] = {
 }
 
 
-def row_crc_sql(table: str) -> str:
-    """CRC32 of one row of ``table``: its id, watched columns and deleted_at, with a separator
-    (text moved from one column to the next changes it) and NULL spelt as a NUL character
-    (CONCAT_WS would skip it, so a value moved to a NULL neighbour would not change it)."""
-    cols = ", ".join(f"IFNULL(`{c}`, '\\0')" for c in ("id", *WATCHED[table], "deleted_at"))
+#: The columns NMS Prime builds the TFTP configfiles from (``Modem::make_configfile``,
+#: ``Mta::make_configfile``, ``Configfile::text_make``): a change runs the configfile hook
+#: (provhad.hook), not a rebuild. Fingerprinted in the same scan as WATCHED, under the key
+#: ``HOOK_PREFIX + table``. Tables of other modules (contract, qos) are not watched: the
+#: periodic rebuild runs the hook as well.
+HOOK_WATCHED: dict[str, tuple[str, ...]] = {
+    "configfile": ("name", "text", "device", "public", "parent_id", "firmware", "is_dummy"),
+    "modem": (
+        "hostname",
+        "mac",
+        "public",
+        "internet_access",
+        "serial_num",
+        "configfile_id",
+        "qos_id",
+        "contract_id",
+    ),
+    "mta": ("modem_id", "mac", "hostname", "configfile_id", "type", "is_dummy"),
+}
+HOOK_PREFIX = "configfile:"
+
+
+def row_crc_sql(table: str, columns: tuple[str, ...] | None = None) -> str:
+    """CRC32 of one row of ``table``: its id, watched columns (or ``columns``) and deleted_at,
+    with a separator (text moved from one column to the next changes it) and NULL spelt as a
+    NUL character (CONCAT_WS would skip it, so a value moved to a NULL neighbour would not
+    change it)."""
+    watched = WATCHED[table] if columns is None else columns
+    cols = ", ".join(f"IFNULL(`{c}`, '\\0')" for c in ("id", *watched, "deleted_at"))
     return f"CRC32(CONCAT_WS('|', {cols}))"
 
 
@@ -627,12 +651,25 @@ def fingerprint_sql(table: str) -> str:
     """COUNT, MAX(id) and two order-independent sums of :func:`row_crc_sql` (arithmetic and
     XOR: a change that keeps one keeps the other only by chance): inserts, hard and soft
     deletes and updates within the same second (or that do not touch updated_at at all) all
-    change it; no local clock is involved."""
-    row = row_crc_sql(table)
-    return (
-        f"SELECT COUNT(*), IFNULL(MAX(id), 0), IFNULL(SUM({row}), 0), IFNULL(BIT_XOR({row}), 0)"
-        f" FROM `{table}`"
-    )
+    change it; no local clock is involved. A table in HOOK_WATCHED gets the two sums over its
+    hook columns too, from the same scan."""
+    sums = []
+    for columns in (WATCHED.get(table), HOOK_WATCHED.get(table)):
+        if columns is not None:
+            row = row_crc_sql(table, columns)
+            sums.append(f"IFNULL(SUM({row}), 0), IFNULL(BIT_XOR({row}), 0)")
+    return f"SELECT COUNT(*), IFNULL(MAX(id), 0), {', '.join(sums)} FROM `{table}`"
+
+
+def _split(table: str, values: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """One fingerprint row as the keys it stands for: ``table`` and/or the hook's key."""
+    out: dict[str, tuple[int, ...]] = {}
+    at = 2
+    if table in WATCHED:
+        out[table], at = values[:2] + values[at : at + 2], at + 2
+    if table in HOOK_WATCHED:
+        out[HOOK_PREFIX + table] = values[:2] + values[at : at + 2]
+    return out
 
 
 async def fingerprints(conn: aiomysql.Connection) -> dict[str, tuple[int, ...]]:
@@ -642,16 +679,16 @@ async def fingerprints(conn: aiomysql.Connection) -> dict[str, tuple[int, ...]]:
     async with conn.cursor() as cur:
         await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         try:
-            for table in WATCHED:
+            for table in dict.fromkeys([*WATCHED, *HOOK_WATCHED]):
                 try:
                     await cur.execute(fingerprint_sql(table))
                 except pymysql.err.ProgrammingError as exc:
                     if exc.args and exc.args[0] == _NO_SUCH_TABLE:
-                        out[table] = ()
+                        out.update(_split(table, (0, 0, 0, 0, 0, 0)))
                         continue
                     raise
                 row = await cur.fetchone()
-                out[table] = tuple(int(v) for v in row)
+                out.update(_split(table, tuple(int(v) for v in row)))
         finally:
             await conn.rollback()
     await _sync_wait(conn, False)  # the polls that follow must not wait for the cluster
@@ -679,6 +716,8 @@ class Watcher:
         self._node: Node | None = None
         self.position: str | None = None
         self.prints: dict[str, tuple[int, ...]] | None = None
+        #: tables whose configfile inputs changed in the last call of changed()
+        self.hook_changes: list[str] = []
         #: clock time the connection was made, and its age at which it is replaced
         self.connected_at = 0.0
         self.max_age = float("inf")
@@ -728,8 +767,11 @@ class Watcher:
 
     async def changed(self) -> list[str]:
         """Watched tables whose content changed since the last call (all of them the first time).
+        The tables whose configfile inputs (HOOK_WATCHED) changed are left in
+        :attr:`hook_changes`.
 
         Raises DatabaseError (and drops the connection) when no node can answer."""
+        self.hook_changes = []
         self.cluster.watch()
         status = await self._status()
         pos = position(status)
@@ -744,6 +786,8 @@ class Watcher:
             self.close()
             raise DatabaseError(f"{node}: {_describe(exc)}") from exc
         old, self.prints, self.position = self.prints, prints, pos
-        if old is None:
-            return list(prints)
-        return [t for t in prints if prints[t] != old.get(t)]
+        moved = [t for t in prints if old is None or prints[t] != old.get(t)]
+        self.hook_changes = [
+            t.removeprefix(HOOK_PREFIX) for t in moved if t.startswith(HOOK_PREFIX)
+        ]
+        return [t for t in moved if not t.startswith(HOOK_PREFIX)]

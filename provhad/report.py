@@ -43,6 +43,8 @@ def status_line(s: State) -> str:
         parts.append(f"dhcpd restart FAILED ({summarise(s.dhcpd_error)})")
     elif s.restart_pending:
         parts.append("dhcpd restart pending")
+    if s.hook_ok is False:
+        parts.append(f"configfile build FAILED ({summarise(s.hook_error)})")
     if s.held_reason:
         parts.append(f"HELD: {summarise(s.held_reason)}")
     return ", ".join(parts)

@@ -88,7 +88,11 @@ class State:
     held_set: str = ""
     held_reason: str = ""
     rollbacks: int = 0
-    periodic_command: str = ""
+    #: the configfile hook (provhad.hook): when it last ran, how, how long
+    hook_last_at: str = ""
+    hook_ok: bool | None = None
+    hook_seconds: float = 0.0
+    hook_error: str = ""
 
     @property
     def restart_pending(self) -> bool:

@@ -380,9 +380,7 @@ def test_daemon_fails_over_in_seconds_with_defaults(
             cluster[victim].kill()
         name = add_modem(cluster[(victim + 1) % 3], galera_db)
         committed = time.monotonic() - began
-        lab.wait(
-            lambda m: f"host {name} " in lab.file("modems-host.conf"), timeout=DEADLINE
-        )
+        lab.wait(lambda m: f"host {name} " in lab.file("modems-host.conf"), timeout=DEADLINE)
         took = time.monotonic() - began
         print(f"{fault}: committed after {committed:.1f} s, live after {took:.1f} s")
         assert took < (10.0 if fault == "freeze" else 5.0), (committed, took)
