@@ -481,8 +481,10 @@ def build_pool(row: Row, fixed_ips: Sequence[int], notes: list[str] | None = Non
     if ptype not in POOL_TYPES:
         # NetGw.php:597-626 (3.1.0): a type outside the switch gets no allow/deny lines; the
         # type is never written, so any value is harmless
-        notes.append(f"type {ptype!r} is none of {', '.join(POOL_TYPES)}: pool served "
-                     "without allow/deny lines, as upstream")
+        notes.append(
+            f"type {ptype!r} is none of {', '.join(POOL_TYPES)}: pool served "
+            "without allow/deny lines, as upstream"
+        )
         ptype = ""
     net_ip = ipv4(row.get("net"), "net")
     prefix = netmask(row.get("netmask"))
@@ -612,8 +614,11 @@ def _build_netgws(
             clash = next((pid for (x, y, pid) in taken if a <= y and x <= b), None)
             if clash is not None:
                 rejects.append(
-                    Reject("ippool", pool.id, f"range overlaps ippool id {clash}, changed "
-                           "before this one; left out")
+                    Reject(
+                        "ippool",
+                        pool.id,
+                        f"range overlaps ippool id {clash}, changed before this one; left out",
+                    )
                 )
                 continue
             taken.append((a, b, pool.id))
@@ -668,8 +673,9 @@ def build(
     )
     # One namespace for dhcpd host names across modems, endpoints and MTAs: name -> a modem's
     # id, or (table, id) of the others. Case counts, as in dhcpd ("host x: already exists" is
-    # an exact match; `host CM-1` beside `host cm-1` is accepted, and upstream writes both). Inline rather than a method call, and no
-    # object of its own per modem: this runs once per row, hundreds of thousands of times.
+    # an exact match; `host CM-1` beside `host cm-1` is accepted, and upstream writes both).
+    # Inline rather than a method call, and no object of its own per modem: this runs once
+    # per row, hundreds of thousands of times.
     hosts: dict[str, int | tuple[str, int]] = {}
 
     def taken(name: str) -> str:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from provhad import model
-from provhad.model import BadValue, ModelError, Reject
+from provhad.model import BadValue, ModelError
 from tests import rows
 
 
@@ -79,8 +79,12 @@ def test_odd_pool_the_master_serves_is_kept_and_reported(
     m = _with_pool(**change)
     assert [r.id for r in m.rejects] == [1] and note in m.rejects[0].reason
     pool = next(p for p in m.pools if p.id == 1)
-    assert pool.ranges == ((str(change.get("ip_pool_start", "10.0.0.10")),
-                            str(change.get("ip_pool_end", "10.0.31.250"))),)
+    assert pool.ranges == (
+        (
+            str(change.get("ip_pool_start", "10.0.0.10")),
+            str(change.get("ip_pool_end", "10.0.31.250")),
+        ),
+    )
     assert pool.type == ("CM" if "type" not in change else "")
 
 
@@ -98,8 +102,9 @@ def test_overlapping_pools_drop_the_one_changed_last(
     snap = rows.small()
     pools = [dict(p) for p in snap.ippool]
     pools[0]["updated_at"] = stamps[0]
-    extra = rows.pool(9, 2, "CM", "10.0.0.0", "/24", "10.0.0.100", "10.0.0.120", "10.0.0.1",
-                      updated_at=stamps[1])
+    extra = rows.pool(
+        9, 2, "CM", "10.0.0.0", "/24", "10.0.0.100", "10.0.0.120", "10.0.0.1", updated_at=stamps[1]
+    )
     m = model.build(dataclasses.replace(snap, ippool=[*pools, extra]), "slave")
     (reject,) = m.rejects
     assert reject.id == dropped and f"overlaps ippool id {kept}," in reject.reason
@@ -110,7 +115,10 @@ def test_slave_serves_own_then_peer_dns_where_a_pool_names_the_pair() -> None:
     ha = model.build(rows.small(), "slave").ha  # own 172.20.0.2, peer 172.20.0.1
     assert model.ha_dns(("172.20.0.1",), ha) == ("172.20.0.2", "172.20.0.1")
     assert model.ha_dns(("9.9.9.9", "172.20.0.1", "172.20.0.2"), ha) == (
-        "9.9.9.9", "172.20.0.2", "172.20.0.1")
+        "9.9.9.9",
+        "172.20.0.2",
+        "172.20.0.1",
+    )
     assert model.ha_dns(("9.9.9.9", "8.8.8.8"), ha) == ("9.9.9.9", "8.8.8.8")
     # the master keeps what the pool says (it is upstream there)
     m = _with_pool(dns1_ip="172.20.0.1", dns2_ip="8.8.8.8")
@@ -243,8 +251,9 @@ def test_whitespace_mac_is_a_bad_mac_not_an_empty_one() -> None:
     snap = rows.small()
     extra = [rows.modem(100020, "   "), rows.modem(100021, " \t", internet_access=0)]
     mta = {"id": 300020, "modem_id": 100000, "mac": "  "}
-    m = model.build(dataclasses.replace(snap, modem=[*snap.modem, *extra],
-                                        mta=[*snap.mta, mta]), "slave")
+    m = model.build(
+        dataclasses.replace(snap, modem=[*snap.modem, *extra], mta=[*snap.mta, mta]), "slave"
+    )
     bad = {(r.table, r.id) for r in m.rejects if "is not a MAC address" in r.reason}
     assert bad == {("modem", 100020), ("modem", 100021), ("mta", 300020)}
     assert not {s.id for s in m.skipped} & {100020, 100021, 300020}
