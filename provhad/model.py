@@ -631,6 +631,10 @@ def _build_netgws(
     for row in snap.netgw:  # upstream keeps the database order here
         gid = int(row["id"])
         name = row.get("hostname")
+        if not blank(name) and "\x00" in str(name):
+            # dhcpd's strings end at a NUL, even an escaped one: "\000" is a zero-length name
+            rejects.append(Reject("netgw", gid, "hostname holds a NUL; netgw-<id> used"))
+            name = None
         if blank(name):
             name = f"netgw-{gid}"
         out.append(NetGw(gid, str(name), tuple(pools_by_gw.get(gid, ()))))
