@@ -29,7 +29,7 @@ QUERIES: dict[str, str] = {
     ),
     "ippool": (
         "SELECT id, netgw_id, type, net, netmask, ip_pool_start, ip_pool_end, router_ip,"
-        " broadcast_ip, dns1_ip, dns2_ip, dns3_ip, optional, active"
+        " broadcast_ip, dns1_ip, dns2_ip, dns3_ip, optional, active, updated_at"
         " FROM ippool WHERE version = '4' AND deleted_at IS NULL ORDER BY id"
     ),
 }
@@ -590,6 +590,7 @@ WATCHED: dict[str, tuple[str, ...]] = {
         "dhcp_max_lease_time",
         "multiple_provisioning_systems",
         "dns_password",
+        "max_cpe",
     ),
     "provvoip": ("mta_domain",),
     "netgw": ("hostname", "type"),

@@ -32,6 +32,12 @@ from provhad.snapshot import (
 
 POOL_TYPES = ("CM", "CPEPub", "CPEPriv", "MTA")
 
+#: A host declaration's name as dhcpd 4.4 reads it (parse_host_name): dot-separated tokens of
+#: its lexer's name characters, none starting with '_'; dhcpd takes no quoted string here.
+#: Wider than upstream's GUI rule (Endpoint.php:46, ``^(?!cm-)(?!mta-)[0-9A-Za-z\-]+$``), so
+#: whatever that rule lets the master write, the slave writes too, byte for byte.
+_HOST_NAME_RE = re.compile(r"^[0-9A-Za-z-][0-9A-Za-z_-]*(?:\.[0-9A-Za-z-][0-9A-Za-z_-]*)*$")
+
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _MAC_HEX_RE = re.compile(r"^[0-9a-f]{12}$")
 _MAC_CANON = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
@@ -80,6 +86,8 @@ class Base:
     max_lease_time: int
     multiple_provisioning_systems: bool
     default_network: ipaddress.IPv4Network
+    #: CPEs per modem (class lease limit): provbase.max_cpe, or 4 when it is NULL or 0
+    lease_limit: int = 4
 
 
 @dataclass(frozen=True)
@@ -88,14 +96,19 @@ class Pool:
 
     id: int
     netgw_id: int
+    #: one of POOL_TYPES, or '' (NULL, or a value MariaDB's ENUM did not take): no allow/deny
     type: str
     network: ipaddress.IPv4Network
-    ranges: tuple[tuple[str, str], ...]
+    #: each ``range`` statement's addresses (one or two, as upstream writes them); empty when
+    #: every address is a fixed endpoint: the subnet is kept without a pool
+    ranges: tuple[tuple[str, ...], ...]
     router: str
     broadcast: str | None
     dns: tuple[str, ...]
     optional: str | None
     active: bool
+    #: ippool.updated_at as the database gave it (decides which of two overlapping pools goes)
+    updated_at: str = ""
 
     @property
     def netmask(self) -> str:
@@ -218,17 +231,25 @@ def mac(value: Any, column: str = "mac") -> str:
 
 
 def reserved_mac(value: Any) -> bool:
-    """NULL, '' and ff:* MACs are skipped, as upstream does (RFC 7042 reserved)."""
-    if value is None:
+    """NULL, '' and ff:* MACs are skipped, as upstream does (RFC 7042 reserved; Modem.php:488
+    at 3.1.0). A MAC of only whitespace is not empty: it is a bad MAC, reported by mac()."""
+    if value is None or value == "":
         return True
     text = str(value).strip()
-    return not text or text[:2] in ("ff", "FF", "fF", "Ff")
+    return bool(text) and text[:2] in ("ff", "FF", "fF", "Ff")
 
 
 def label(value: Any, column: str) -> str:
     """A single DNS label (host names in dhcpd host declarations)."""
     if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
         raise BadValue(f"{column} {value!r} is not a valid DNS label")
+    return value
+
+
+def host_name(value: Any, column: str) -> str:
+    """A name for a dhcpd host declaration, written as is (see _HOST_NAME_RE)."""
+    if not isinstance(value, str) or not _HOST_NAME_RE.fullmatch(value):
+        raise BadValue(f"{column} {value!r} is not a name dhcpd takes for a host declaration")
     return value
 
 
@@ -397,7 +418,25 @@ def build_ha(row: Row, role: str, rejects: list[Reject] | None = None) -> HA:
     return HA(role, slave, master, slave_pw, master_pw, interval, split)
 
 
-def build_base(row: Row, prefix: int) -> Base:
+#: upstream's lease limit when provbase.max_cpe is NULL or 0 (ProvBase.php:247 at 3.1.0)
+DEFAULT_LEASE_LIMIT = 4
+
+
+def lease_limit(row: Row) -> tuple[int, str | None]:
+    """The class lease limit of a provbase row (``max_cpe ?: 4``), and why it differs from the
+    column (None if it does not or the column is NULL/0, as upstream)."""
+    value = row.get("max_cpe")
+    if value is None or value == 0 or value == "":
+        return DEFAULT_LEASE_LIMIT, None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        return DEFAULT_LEASE_LIMIT, f"max_cpe {value!r} is not a positive integer; 4 used"
+    return value, None
+
+
+def build_base(row: Row, prefix: int, rejects: list[Reject] | None = None) -> Base:
+    limit, suspicious = lease_limit(row)
+    if suspicious is not None and rejects is not None:
+        rejects.append(Reject("provbase", row.get("id"), suspicious))
     try:
         server = ipv4(row.get("provisioning_server"), "provisioning_server")
         dom = domain(row.get("domain_name"), "domain_name")
@@ -413,6 +452,7 @@ def build_base(row: Row, prefix: int) -> Base:
         max_lease,
         bool(row.get("multiple_provisioning_systems")),
         network,
+        limit,
     )
 
 
@@ -429,11 +469,23 @@ def cut_ranges(start: int, end: int, holes: Iterable[int]) -> list[tuple[int, in
     return out
 
 
-def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
-    """One ippool row, or BadValue."""
+def build_pool(row: Row, fixed_ips: Sequence[int], notes: list[str] | None = None) -> Pool:
+    """One ippool row, or BadValue.
+
+    Rows the master's generator writes and its dhcpd accepts are kept as the master writes
+    them, so both failover peers declare the same pools; what is odd about them is appended
+    to ``notes`` (reported as suspicious). See docs/files.md, "Pools".
+    """
+    notes = notes if notes is not None else []
     ptype = row.get("type")
     if ptype not in POOL_TYPES:
-        raise BadValue(f"unknown pool type {ptype!r}")
+        # NetGw.php:597-626 (3.1.0): a type outside the switch gets no allow/deny lines; the
+        # type is never written, so any value is harmless
+        notes.append(
+            f"type {ptype!r} is none of {', '.join(POOL_TYPES)}: pool served "
+            "without allow/deny lines, as upstream"
+        )
+        ptype = ""
     net_ip = ipv4(row.get("net"), "net")
     prefix = netmask(row.get("netmask"))
     try:
@@ -445,26 +497,36 @@ def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
     if start not in network or end not in network:
         raise BadValue(f"range {start}-{end} is outside subnet {network}")
     if start > end:
-        raise BadValue(f"range start {start} is after end {end}")
+        # dhcpd swaps the two; upstream writes them as stored (IpPool.php:215)
+        notes.append(f"range start {start} is after end {end}: served as written, as upstream")
     router = ipv4(row.get("router_ip"), "router_ip")
     broadcast = (
         None if blank(row.get("broadcast_ip")) else ipv4(row["broadcast_ip"], "broadcast_ip")
     )
     dns = tuple(ipv4(row[c], c) for c in ("dns1_ip", "dns2_ip", "dns3_ip") if not blank(row.get(c)))
+    whole = ((str(start), str(end)),)
+    ranges: tuple[tuple[str, ...], ...] = whole
     if ptype == "CPEPub":
-        pieces = cut_ranges(int(start), int(end), fixed_ips)
-    else:
-        pieces = [(int(start), int(end))]
-    if not pieces:
-        raise BadValue(f"every address of {start}-{end} is a fixed IP of an endpoint")
-    ranges = tuple(
-        (str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b))) for a, b in pieces
-    )
+        # IpPool.php:213-274 (3.1.0): the fixed endpoints inside start..end are cut out; a
+        # one-address piece is written as `range a;`, a pool without holes as `range s e;`
+        if any(int(start) <= h <= int(end) for h in fixed_ips):
+            ranges = tuple(
+                (str(ipaddress.IPv4Address(a)),)
+                if a == b
+                else (str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b)))
+                for a, b in cut_ranges(int(start), int(end), fixed_ips)
+            )
+        if not ranges:
+            notes.append(
+                f"every address of {start}-{end} is a fixed IP of an endpoint: subnet kept "
+                "without a pool (upstream writes a pool without a range, which dhcpd refuses)"
+            )
     optional = row.get("optional")
     # One line ending, as dhcpd knows it: the GUI's textarea sends CRLF, and a lone CR is a
     # line break to editors and to Python but not to dhcpd (`#\r"` is a comment to dhcpd, a
     # comment and a quote to a person reading the file).
     optional = None if blank(optional) else str(optional).replace("\r\n", "\n").replace("\r", "\n")
+    updated = row.get("updated_at")
     return Pool(
         id=int(row["id"]),
         netgw_id=int(row["netgw_id"]),
@@ -476,11 +538,33 @@ def build_pool(row: Row, fixed_ips: Sequence[int]) -> Pool:
         dns=dns,
         optional=optional,
         active=bool(row.get("active", 1)),
+        updated_at="" if updated is None else str(updated),
     )
+
+
+def _span(pool: Pool) -> tuple[int, int] | None:
+    """The lowest and highest address a pool declares (None: it declares none)."""
+    addrs = [int(ipaddress.IPv4Address(a)) for r in pool.ranges for a in r]
+    return (min(addrs), max(addrs)) if addrs else None
+
+
+def ha_dns(dns: tuple[str, ...], ha: HA) -> tuple[str, ...]:
+    """A pool's DNS list as the slave serves it: the provisioning addresses of the pair (own or
+    peer) become own-then-peer at the place of the first of them; other servers stay."""
+    pair = (ha.own_ip, ha.peer_ip)
+    if not any(d in pair for d in dns):
+        return dns
+    out: list[str] = []
+    for d in dns:
+        for x in pair if d in pair else (d,):
+            if x not in out:
+                out.append(x)
+    return tuple(out)
 
 
 def _build_netgws(
     snap: Snapshot,
+    ha: HA,
     rejects: list[Reject],
     dropped_optional: Mapping[int, str],
     dropped_pools: Mapping[int, str],
@@ -490,20 +574,21 @@ def _build_netgws(
         with contextlib.suppress(ValueError):  # reported with the endpoint row itself
             fixed.append(int(ipaddress.IPv4Address(str(ip).strip())))
     fixed.sort()
-    pools_by_gw: dict[int, list[Pool]] = {}
-    taken: list[tuple[int, int, int]] = []  # (first, last, pool id) of every range so far
     gw_ids = {int(r["id"]) for r in snap.netgw}
+    built: list[Pool] = []
     for row in sorted(snap.ippool, key=lambda r: r["id"]):
         if row.get("netgw_id") not in gw_ids:
             continue
         if row["id"] in dropped_pools:
             rejects.append(Reject("ippool", row["id"], dropped_pools[row["id"]]))
             continue
+        notes: list[str] = []
         try:
-            pool = build_pool(row, fixed)
+            pool = build_pool(row, fixed, notes)
         except BadValue as exc:
             rejects.append(Reject("ippool", row.get("id"), str(exc)))
             continue
+        rejects.extend(Reject("ippool", pool.id, n) for n in notes)
         if pool.optional is not None:
             try:
                 check_optional(pool.optional)
@@ -514,20 +599,42 @@ def _build_netgws(
                     Reject("ippool", pool.id, f"{exc}; pool rendered without its optional")
                 )
                 pool = replace(pool, optional=None)
-        # a pool's whole start..end (holes for fixed IPs included): dhcpd rejects a set in
-        # which two pools declare the same address
-        a = int(ipaddress.IPv4Address(pool.ranges[0][0]))
-        b = int(ipaddress.IPv4Address(pool.ranges[-1][1]))
-        clash = next((pid for (x, y, pid) in taken if a <= y and x <= b), None)
-        if clash is not None:
-            rejects.append(Reject("ippool", pool.id, f"range overlaps ippool id {clash}"))
-            continue
-        taken.append((a, b, pool.id))
-        pools_by_gw.setdefault(pool.netgw_id, []).append(pool)
+        if ha.role == "slave" and pool.dns != (dns := ha_dns(pool.dns, ha)):
+            pool = replace(pool, dns=dns)
+        built.append(pool)
+    # dhcpd refuses a set in which two pools declare the same address, and so the master's
+    # dhcpd keeps the set it had before the change that made them overlap: of two overlapping
+    # pools the one changed last (updated_at, then the higher id) is left out.
+    taken: list[tuple[int, int, int]] = []  # (first, last, pool id) of the pools kept
+    kept: set[int] = set()
+    for pool in sorted(built, key=lambda p: (p.updated_at, p.id)):
+        span = _span(pool)
+        if span is not None:
+            a, b = span
+            clash = next((pid for (x, y, pid) in taken if a <= y and x <= b), None)
+            if clash is not None:
+                rejects.append(
+                    Reject(
+                        "ippool",
+                        pool.id,
+                        f"range overlaps ippool id {clash}, changed before this one; left out",
+                    )
+                )
+                continue
+            taken.append((a, b, pool.id))
+        kept.add(pool.id)
+    pools_by_gw: dict[int, list[Pool]] = {}
+    for pool in built:
+        if pool.id in kept:
+            pools_by_gw.setdefault(pool.netgw_id, []).append(pool)
     out = []
     for row in snap.netgw:  # upstream keeps the database order here
         gid = int(row["id"])
         name = row.get("hostname")
+        if not blank(name) and "\x00" in str(name):
+            # dhcpd's strings end at a NUL, even an escaped one: "\000" is a zero-length name
+            rejects.append(Reject("netgw", gid, "hostname holds a NUL; netgw-<id> used"))
+            name = None
         if blank(name):
             name = f"netgw-{gid}"
         out.append(NetGw(gid, str(name), tuple(pools_by_gw.get(gid, ()))))
@@ -551,7 +658,7 @@ def build(
     rejects: list[Reject] = []
     skipped: list[Reject] = []
     ha = build_ha(_first(snap.provha, "provha"), role, rejects)
-    base = build_base(_first(snap.provbase, "provbase"), default_network_prefix)
+    base = build_base(_first(snap.provbase, "provbase"), default_network_prefix, rejects)
     mta_domain = None
     if snap.provvoip:
         row = _first(snap.provvoip, "provvoip")
@@ -563,38 +670,39 @@ def build(
 
     netgws = _build_netgws(
         snap,
+        ha,
         rejects,
         dropped_optional or {},
         {i: r for (t, i), r in dropped_rows.items() if t == "ippool"},
     )
-    # One namespace for dhcpd host names across modems, endpoints and MTAs: lower case ->
-    # a modem's id, or (table, id) of the others. Inline rather than a method call, and no
-    # object of its own per modem: this runs once per row, hundreds of thousands of times.
+    # One namespace for dhcpd host names across modems, endpoints and MTAs: name -> a modem's
+    # id, or (table, id) of the others. Case counts, as in dhcpd ("host x: already exists" is
+    # an exact match; `host CM-1` beside `host cm-1` is accepted, and upstream writes both).
+    # Inline rather than a method call, and no object of its own per modem: this runs once
+    # per row, hundreds of thousands of times.
     hosts: dict[str, int | tuple[str, int]] = {}
 
     def taken(name: str) -> str:
-        owner = hosts[name.lower()]
+        owner = hosts[name]
         table, row_id = ("modem", owner) if isinstance(owner, int) else owner
         return f"host name {name!r} is already used by {table} id {row_id}"
 
     mta_rows = list(tuples(snap.mta, MTA_COLUMNS))  # read twice
     mta_owner: set[int] = set()
     for _tid, owner, raw in mta_rows:
-        if not (isinstance(raw, str) and raw.strip().lower().startswith("ff")):
-            mta_owner.add(owner or 0)  # upstream counts a NULL MAC too
+        if not (isinstance(raw, str) and raw.lower().startswith("ff:")):
+            mta_owner.add(owner or 0)  # upstream counts a NULL MAC too (Modem.php:492)
 
     canonical, a_label = _MAC_CANON.fullmatch, _LABEL_RE.fullmatch
     modems: Packer[Modem] = Packer(Modem._make)
     public: list[ModemRef] = []
     blocked: list[ModemRef] = []
     for mid, hostname, raw, is_public, access in tuples(snap.modem, MODEM_COLUMNS):
-        mid = int(mid)
-        if mid == 0:
-            continue
+        mid = int(mid)  # id 0 too: 3.1.0's chunked make_dhcp_cm_all (Modem.php:549) has no skip
         if dropped_rows and (reason := dropped_rows.get(("modem", mid))) is not None:
             rejects.append(Reject("modem", mid, reason))
             continue
-        if access is not None and not access and not blank(raw):
+        if access is not None and not access and raw is not None and raw != "":
             try:
                 blocked.append(ModemRef(mid, mac(raw)))
             except BadValue as exc:
@@ -610,7 +718,7 @@ def build(
             name = hostname if hostname.__class__ is str and a_label(hostname) else ""
             if not name:
                 name = label(hostname, "hostname")
-            key = name if name.islower() else name.lower()
+            key = name
             if key in hosts:
                 raise BadValue(taken(name))
         except BadValue as exc:
@@ -628,7 +736,7 @@ def build(
             rejects.append(Reject("endpoint", eid, reason))
             continue
         try:
-            name = label(hostname, "hostname")
+            name = host_name(hostname, "hostname")
             ep_mac = None if blank(raw) else mac(raw)
             remote = None
             if ep_mac is None:
@@ -636,7 +744,7 @@ def build(
             fixed = None
             if is_fixed and not blank(ip):
                 fixed = ipv4(ip, "ip")
-            key = name.lower()
+            key = name
             if key in hosts:
                 raise BadValue(taken(name))
         except BadValue as exc:
@@ -657,7 +765,7 @@ def build(
         try:
             mta_mac = mac(raw)
             name = f"mta-{tid}"
-            key = name.lower()
+            key = name
             if key in hosts:
                 raise BadValue(taken(name))
         except BadValue as exc:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from provhad import model
-from provhad.model import BadValue, ModelError, Reject
+from provhad.model import BadValue, ModelError
 from tests import rows
 
 
@@ -51,9 +51,7 @@ def _with_pool(**kw: object) -> model.Model:
     ("change", "reason"),
     [
         ({"ip_pool_end": "10.0.99.1"}, "outside subnet"),
-        ({"ip_pool_start": "10.0.31.251", "ip_pool_end": "10.0.0.20"}, "after end"),
         ({"net": "10.0.0.5"}, "not the network address"),
-        ({"type": None}, "unknown pool type"),
         ({"router_ip": "router"}, "router_ip"),
         ({"dns2_ip": "8.8.8"}, "dns2_ip"),
         ({"netmask": "255.0.255.0"}, "netmask"),
@@ -66,11 +64,69 @@ def test_bad_pool_is_left_out_and_named(change: dict[str, object], reason: str) 
     assert 1 not in {p.id for p in m.pools} and len(m.pools) == 4
 
 
-def test_overlapping_range_is_rejected() -> None:
+@pytest.mark.parametrize(
+    ("change", "note"),
+    [
+        ({"ip_pool_start": "10.0.31.251", "ip_pool_end": "10.0.0.20"}, "after end"),
+        ({"type": None}, "without allow/deny"),
+        ({"type": ""}, "without allow/deny"),
+    ],
+)
+def test_odd_pool_the_master_serves_is_kept_and_reported(
+    change: dict[str, object], note: str
+) -> None:
+    """Upstream writes these rows and its dhcpd accepts them: the peers must match."""
+    m = _with_pool(**change)
+    assert [r.id for r in m.rejects] == [1] and note in m.rejects[0].reason
+    pool = next(p for p in m.pools if p.id == 1)
+    assert pool.ranges == (
+        (
+            str(change.get("ip_pool_start", "10.0.0.10")),
+            str(change.get("ip_pool_end", "10.0.31.250")),
+        ),
+    )
+    assert pool.type == ("CM" if "type" not in change else "")
+
+
+@pytest.mark.parametrize(
+    ("stamps", "dropped", "kept"),
+    [
+        (("2024-01-01 00:00:00", "2024-02-01 00:00:00"), 9, 1),  # the new pool goes
+        (("2024-03-01 00:00:00", "2024-02-01 00:00:00"), 1, 9),  # pool 1 was moved onto 9
+        (("", ""), 9, 1),  # no stamps: the higher id
+    ],
+)
+def test_overlapping_pools_drop_the_one_changed_last(
+    stamps: tuple[str, str], dropped: int, kept: int
+) -> None:
     snap = rows.small()
-    extra = rows.pool(9, 2, "CM", "10.0.0.0", "/24", "10.0.0.100", "10.0.0.120", "10.0.0.1")
-    m = model.build(dataclasses.replace(snap, ippool=[*snap.ippool, extra]), "slave")
-    assert Reject("ippool", 9, "range overlaps ippool id 1") in m.rejects
+    pools = [dict(p) for p in snap.ippool]
+    pools[0]["updated_at"] = stamps[0]
+    extra = rows.pool(
+        9, 2, "CM", "10.0.0.0", "/24", "10.0.0.100", "10.0.0.120", "10.0.0.1", updated_at=stamps[1]
+    )
+    m = model.build(dataclasses.replace(snap, ippool=[*pools, extra]), "slave")
+    (reject,) = m.rejects
+    assert reject.id == dropped and f"overlaps ippool id {kept}," in reject.reason
+    assert kept in {p.id for p in m.pools} and dropped not in {p.id for p in m.pools}
+
+
+def test_slave_serves_own_then_peer_dns_where_a_pool_names_the_pair() -> None:
+    ha = model.build(rows.small(), "slave").ha  # own 172.20.0.2, peer 172.20.0.1
+    assert model.ha_dns(("172.20.0.1",), ha) == ("172.20.0.2", "172.20.0.1")
+    assert model.ha_dns(("9.9.9.9", "172.20.0.1", "172.20.0.2"), ha) == (
+        "9.9.9.9",
+        "172.20.0.2",
+        "172.20.0.1",
+    )
+    assert model.ha_dns(("9.9.9.9", "8.8.8.8"), ha) == ("9.9.9.9", "8.8.8.8")
+    # the master keeps what the pool says (it is upstream there)
+    m = _with_pool(dns1_ip="172.20.0.1", dns2_ip="8.8.8.8")
+    assert next(p for p in m.pools if p.id == 1).dns == ("172.20.0.2", "172.20.0.1", "8.8.8.8")
+    snap = rows.small()
+    pools = [dict(p, dns1_ip="172.20.0.1") for p in snap.ippool]
+    master = model.build(dataclasses.replace(snap, ippool=pools), "master")
+    assert next(p for p in master.pools if p.id == 1).dns == ("172.20.0.1",)
 
 
 def test_cpepub_range_has_fixed_ips_cut_out() -> None:
@@ -182,12 +238,41 @@ def test_mac_and_secret_reject_trailing_newline() -> None:
         model.secret("YWJj\nZA==", "x")
 
 
-def test_cpepub_pool_without_free_address_is_rejected() -> None:
+def test_cpepub_pool_without_free_address_keeps_its_subnet() -> None:
+    """The fixed hosts need the subnet; a pool without a range is refused by dhcpd."""
     snap = rows.small()
     fixed = [f"198.18.0.{i}" for i in range(10, 21)]
     m = model.build(dataclasses.replace(snap, fixed_ips=fixed), "slave")
     assert any(r.id == 3 and "fixed IP" in r.reason for r in m.rejects)
-    assert 3 not in {p.id for p in m.pools}
+    assert next(p for p in m.pools if p.id == 3).ranges == ()
+
+
+def test_whitespace_mac_is_a_bad_mac_not_an_empty_one() -> None:
+    snap = rows.small()
+    extra = [rows.modem(100020, "   "), rows.modem(100021, " \t", internet_access=0)]
+    mta = {"id": 300020, "modem_id": 100000, "mac": "  "}
+    m = model.build(
+        dataclasses.replace(snap, modem=[*snap.modem, *extra], mta=[*snap.mta, mta]), "slave"
+    )
+    bad = {(r.table, r.id) for r in m.rejects if "is not a MAC address" in r.reason}
+    assert bad == {("modem", 100020), ("modem", 100021), ("mta", 300020)}
+    assert not {s.id for s in m.skipped} & {100020, 100021, 300020}
+
+
+@pytest.mark.parametrize("name", ["pc-", "-lab7", "123", "CM-100000", "a_b", "x.lab"])
+def test_endpoint_names_upstream_writes_are_served(name: str) -> None:
+    snap = rows.small()
+    eps = [dict(snap.endpoint[0], hostname=name), *snap.endpoint[1:]]
+    m = model.build(dataclasses.replace(snap, endpoint=eps), "slave")
+    assert not m.rejects and m.endpoints[0].hostname == name
+
+
+@pytest.mark.parametrize("name", ["_x", "a b", "a;b", "a..b", "é", "", None, '"x"'])
+def test_endpoint_names_dhcpd_refuses_are_rejected(name: object) -> None:
+    snap = rows.small()
+    eps = [dict(snap.endpoint[0], hostname=name), *snap.endpoint[1:]]
+    m = model.build(dataclasses.replace(snap, endpoint=eps), "slave")
+    assert [(r.table, r.id) for r in m.rejects] == [("endpoint", snap.endpoint[0]["id"])]
 
 
 @pytest.mark.parametrize(

@@ -98,11 +98,12 @@ def test_cmts_file_shapes() -> None:
     assert one.startswith(
         'shared-network "cmts-01"\n{\n\n\tsubnet 10.0.0.0 netmask 255.255.224.0\n'
     )
-    assert "\t\toption domain-name-servers 172.20.0.1, 172.20.0.2 ;\n" in one
+    # the pool names the pair: the slave serves own-then-peer (issue 11 item 9)
+    assert "\t\toption domain-name-servers 172.20.0.2, 172.20.0.1 ;\n" in one
     assert "\t\t\trange 198.18.0.10 198.18.0.14;\n\t\t\trange 198.18.0.16 198.18.0.20;\n" in one
     assert one.count('failover peer "dhcpd-failover";') == 4
     assert "\tsubnet 100.64.0.0 netmask 255.255.255.0\n" in one  # '/24' converted
-    assert '\n\noption domain-name "voip.example";\n\t}\n' in one
+    assert '\n\n\t\toption domain-name "voip.example";\n\t}\n' in one  # upstream's indent
     two = f["etc/dhcp-nmsprime/cmts_gws/2.conf"]
     assert "\t\t\tdeny all clients;\n" in two and "allow members" not in two
     assert f["etc/dhcp-nmsprime/cmts_gws.conf"] == (

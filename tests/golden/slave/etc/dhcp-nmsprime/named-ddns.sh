@@ -17,7 +17,7 @@ esac
 
 mangle=$(python3 -c 'import base64, hashlib, hmac, sys
 key = bytes.fromhex(open(sys.argv[2]).read().strip())
-msg = bytes(int(octet, 16) for octet in sys.argv[1].split(":"))  # dhcpd does not zero-pad
+msg = bytes(int(octet, 16) for octet in sys.argv[1].split(":"))  # zero-padded or not
 print(base64.b32encode(hmac.new(key, msg, hashlib.sha256).digest()).decode()[:6].lower())' "$mac" '/etc/named-ddns-cpe.key') || exit 1
 rev=$(echo "$ip" | awk -F. '{print $4"."$3"."$2"."$1}')
 name="$mangle.cpe.nmsprime.test."
