@@ -65,6 +65,8 @@ class PathsConfig:
     state_dir: str = "/var/lib/provhad"
     template_dir: str = "/etc/provhad/templates"
     nmsprime_env_dir: str = "/etc/nmsprime/env"
+    #: Kea's directory: gateways6.conf, gateways6/<id>.conf, hosts6.conf (render.dhcpv6)
+    kea_dir: str = "/etc/kea"
 
     def under_root(self, path: str) -> Path:
         """``path`` (absolute, as seen by the services) inside ``root``."""
@@ -81,6 +83,8 @@ class RenderConfig:
     omapi_key_name: str = "my_omapi_key"
     omapi_secret: str = field(default="", repr=False)
     default_network_prefix: int = 22
+    #: also render Kea's DHCPv6 files (upstream's nms:dhcp writes them too)
+    dhcpv6: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class ValidateConfig:
     dhcpd: str = "/usr/sbin/dhcpd"
     named_checkconf: str = "/usr/bin/named-checkconf"
     chronyd: str = "/usr/sbin/chronyd"
+    kea_dhcp6: str = "/usr/sbin/kea-dhcp6"
     timeout: float = 120.0
 
 
@@ -128,6 +133,8 @@ class ServicesConfig:
 
     named_reload_command: tuple[str, ...] = ("systemctl", "reload-or-restart", "named.service")
     chrony_reload_command: tuple[str, ...] = ("systemctl", "try-restart", "chrony.service")
+    #: try-restart: whether kea-dhcp6 runs on this node is the operator's choice (docs/files.md)
+    kea_restart_command: tuple[str, ...] = ("systemctl", "try-restart", "kea-dhcp6.service")
     timeout: float = 60.0
 
 

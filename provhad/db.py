@@ -32,6 +32,16 @@ QUERIES: dict[str, str] = {
         " broadcast_ip, dns1_ip, dns2_ip, dns3_ip, optional, active, updated_at"
         " FROM ippool WHERE version = '4' AND deleted_at IS NULL ORDER BY id"
     ),
+    # DHCPv6 (Kea): upstream's NetGw::makeDhcp6Conf and Endpoint::makeDhcp6All read these
+    "ippool6": (
+        "SELECT id, netgw_id, type, net, netmask, ip_pool_start, ip_pool_end, router_ip,"
+        " dns1_ip, dns2_ip, dns3_ip, prefix, prefix_len, delegated_len, optional"
+        " FROM ippool WHERE version = '6' AND deleted_at IS NULL ORDER BY id"
+    ),
+    "endpoint6": (
+        "SELECT id, hostname, mac, ip, prefix FROM endpoint WHERE version = '6'"
+        " AND mac IS NOT NULL AND ip IS NOT NULL AND deleted_at IS NULL ORDER BY id"
+    ),
 }
 
 
@@ -609,10 +619,13 @@ WATCHED: dict[str, tuple[str, ...]] = {
         "optional",
         "version",
         "active",
+        "prefix",
+        "prefix_len",
+        "delegated_len",
     ),
     "modem": ("hostname", "mac", "public", "internet_access"),
     "mta": ("modem_id", "mac"),
-    "endpoint": ("hostname", "mac", "fixed_ip", "ip", "version", "modem_id"),
+    "endpoint": ("hostname", "mac", "fixed_ip", "ip", "version", "modem_id", "prefix"),
 }
 
 

@@ -158,6 +158,8 @@ TABLES: tuple[str, ...] = (
     "modem",
     "mta",
     "endpoint",
+    "ippool6",
+    "endpoint6",
 )
 
 
@@ -179,5 +181,8 @@ class Snapshot:
     modem: Sequence[Row] = field(default_factory=list)
     mta: Sequence[Row] = field(default_factory=list)
     endpoint: Sequence[Row] = field(default_factory=list)
+    #: the DHCPv6 rows (version '6'), read for Kea (provhad.model6)
+    ippool6: Sequence[Row] = field(default_factory=list)
+    endpoint6: Sequence[Row] = field(default_factory=list)
     fixed_ips: list[str] = field(default_factory=list)
     node: str = ""

@@ -3,15 +3,17 @@ staged set as it will be live (unchanged files from their live path, changed one
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from provhad.config import ValidateConfig
 from provhad.generations import Staged, live_path
-from provhad.render import CHRONY, DDNS, DHCPD, NAMED, RenderedSet
+from provhad.render import CHRONY, DDNS, DHCPD, KEA6, NAMED, RenderedSet
 from provhad.services import child_env
 
 _DHCPD_ERROR = re.compile(r"^(?P<path>/\S+) line (?P<line>\d+): (?P<msg>.*)$")
@@ -82,7 +84,7 @@ def parse_dhcpd_errors(output: str) -> list[Problem]:
 def run(staged: Staged, vcfg: ValidateConfig, services: set[str] | None = None) -> Validation:
     """Run each real daemon's parser over the staged set as it would be live."""
     rendered = staged.rendered
-    wanted = services if services is not None else {DHCPD, NAMED, CHRONY, DDNS}
+    wanted = services if services is not None else {DHCPD, NAMED, CHRONY, DDNS, KEA6}
     result = Validation()
     if DHCPD in wanted:
         conf = staged.locate(rendered.dhcpd_conf)
@@ -105,6 +107,9 @@ def run(staged: Staged, vcfg: ValidateConfig, services: set[str] | None = None) 
         result.checked.append("sh -n")
         if rc != 0:
             result.problems.append(Problem(DDNS, _clean(out, staged), f.path))
+    if KEA6 in wanted and rendered.by_service(KEA6):
+        result.checked.append("kea-dhcp6 -t")
+        result.problems.extend(check_kea(rendered, vcfg))
     return result
 
 
@@ -123,3 +128,93 @@ def probe_dhcpd(rendered: RenderedSet, vcfg: ValidateConfig) -> bool:
             Path(f.path).write_bytes(f.data)
     rc, _out = _run([vcfg.dhcpd, "-t", "-cf", rendered.dhcpd_conf], vcfg.timeout)
     return rc == 0
+
+
+# --- Kea (DHCPv6) -------------------------------------------------------------------------------
+
+_KEA_INCLUDE = re.compile(r'<\?include\s+"(?P<path>[^"]*)"\s*\?>')
+_KEA_VERDICTS = ("Error encountered:", "Syntax check failed with:")
+#: upstream's static global6.conf (lifetimes), included by the check config when present
+KEA_GLOBALS = "global6.conf"
+
+
+def kea_check_config(gateways: str, globals_file: str | None) -> str:
+    """A Kea main config with the layout of NMS Prime's dhcp6-nmsprime.conf (shared-networks
+    from gateways6.conf, globals from global6.conf) but no interface and an in-memory lease
+    file: upstream's binds eth0/fd00::1 and a PostgreSQL lease database, and ``kea-dhcp6 -t``
+    fails on any host without that address, whatever the generated files hold."""
+    globals_ = f"    <?include {json.dumps(globals_file)}?>,\n" if globals_file else ""
+    return (
+        '{\n"Dhcp6": {\n'
+        '    "interfaces-config": { "interfaces": [ ] },\n'
+        '    "lease-database": { "type": "memfile", "persist": false },\n'
+        f"{globals_}"
+        '    "shared-networks": [\n'
+        f"        <?include {json.dumps(gateways)}?>\n"
+        "    ]\n}\n}\n"
+    )
+
+
+def relocate_includes(text: str, where: dict[str, str]) -> str:
+    """``text`` with each ``<?include "P"?>`` of a path in ``where`` pointing at ``where[P]``."""
+
+    def one(m: re.Match[str]) -> str:
+        path = m["path"]
+        return f"<?include {json.dumps(where[path])}?>" if path in where else m[0]
+
+    return _KEA_INCLUDE.sub(one, text)
+
+
+def parse_kea_errors(output: str, back: dict[str, str]) -> list[Problem]:
+    """kea-dhcp6 -t's verdict (``Error encountered: MSG (FILE:LINE:COL)`` or ``Syntax check
+    failed with: FILE:LINE.COL: MSG``) as a Problem naming the live path and line; ``back``
+    maps the check copies to what the message should name."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    found = [
+        ln.split(marker, 1)[1].strip() for ln in lines for marker in _KEA_VERDICTS if marker in ln
+    ]
+    if not found:
+        found = [ln for ln in lines if " ERROR " in f" {ln} " or "not found" in ln][-1:]
+    problems = []
+    for msg in found or ["kea-dhcp6 -t failed without a message"]:
+        for tmp, live in back.items():
+            msg = msg.replace(tmp, live)
+        path, line = None, None
+        for live in back.values():
+            at = re.search(re.escape(live) + r":(\d+)[.:]", msg)
+            if at:
+                path, line = live, int(at[1])
+                break
+        problems.append(Problem(KEA6, msg, path, line))
+    return problems
+
+
+def check_kea(rendered: RenderedSet, vcfg: ValidateConfig) -> list[Problem]:
+    """``kea-dhcp6 -t`` over the Kea files of ``rendered`` as they would be live.
+
+    The files are copied into a private directory with their includes relocated there, under
+    :func:`kea_check_config`; unchanged files have the live bytes, so this is the set as it
+    would be live. The copies go with the directory, also when the check fails.
+    """
+    files = rendered.by_service(KEA6)
+    base = rendered.kea_dir
+    with tempfile.TemporaryDirectory(prefix="provhad-kea6-") as tmp:
+        where = {f.path: os.path.join(tmp, os.path.relpath(f.path, base)) for f in files}
+        for f in files:
+            os.makedirs(os.path.dirname(where[f.path]), exist_ok=True)
+            text = relocate_includes(f.data.decode("utf-8"), where)
+            Path(where[f.path]).write_text(text, encoding="utf-8")
+        globals_file = os.path.join(base, KEA_GLOBALS)
+        main = os.path.join(tmp, "dhcp6-check.conf")
+        Path(main).write_text(
+            kea_check_config(
+                where[os.path.join(base, "gateways6.conf")],
+                globals_file if os.path.isfile(globals_file) else None,
+            ),
+            encoding="utf-8",
+        )
+        rc, out = _run([vcfg.kea_dhcp6, "-t", main], vcfg.timeout)
+        back = {t: live for live, t in where.items()}
+        back[main] = "(built-in check config)"
+        back[globals_file] = globals_file  # read in place, named as it is
+        return parse_kea_errors(out, back) if rc != 0 else []
