@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from provhad import db, generations, model, validate
+from provhad import db, generations, model, model6, validate
 from provhad.config import Config
 from provhad.facts import ConfStamp, find_omapi_key, missing_configfiles, network_access_hosts
 from provhad.model import Model, Pool, Reject
@@ -196,6 +196,8 @@ def apply(
             "multiple_provisioning_systems is set but no cm/*.conf under the TFTP root grants "
             "NetworkAccess 1: ignore-cpe.conf ignores every CPE and MTA"
         )
+    # DHCPv6 (Kea) rows: bad ones are reported with the v4 rejects; none is blamed by dhcpd
+    m6 = model6.build(snap) if cfg.render.dhcpv6 else None
     for attempt in range(MAX_ATTEMPTS):
         try:
             m = model.build(
@@ -208,9 +210,11 @@ def apply(
         except model.ModelError as exc:
             result.error = str(exc)
             return result
+        if m6 is not None and m6.rejects:
+            m = dataclasses.replace(m, rejects=m.rejects + m6.rejects)
         result.model = m
         tick()
-        rendered = renderer.render(m, facts)
+        rendered = renderer.render(m, facts, v6=m6)
         tick()
         if attempt == 0:
             result.set_hash = set_hash(rendered)

@@ -26,7 +26,7 @@ from provhad import config, cycle, db, generations, log, services
 from provhad.config import Config
 from provhad.hook import Hook
 from provhad.notify import Notifier, Watchdog, watchdog_interval
-from provhad.render import CHRONY, DHCPD, NAMED
+from provhad.render import CHRONY, DHCPD, KEA6, NAMED
 from provhad.report import Reporter
 from provhad.scheduler import FULL_READ, Debounce, Scheduler, Trigger, poll_pause
 from provhad.services import Outcome
@@ -362,8 +362,9 @@ class Daemon:
             self.log.error("cycle_failed", trigger=trigger, error=result.error)
 
     async def reload(self, which: set[str]) -> None:
-        """Let named and chronyd pick up their files; a failure is an error, not a note."""
-        for service in (NAMED, CHRONY):
+        """Let named, chronyd and kea-dhcp6 pick up their files; a failure is an error, not a
+        note."""
+        for service in (NAMED, CHRONY, KEA6):
             if service in which:
                 self.beat()  # each reload is bounded by services.timeout (< stall_timeout)
                 outcome = await services.reload(self.cfg, service)

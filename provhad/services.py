@@ -97,5 +97,7 @@ async def reload(cfg: Config, service: str) -> Outcome:
     command = {
         "named": cfg.services.named_reload_command,
         "chrony": cfg.services.chrony_reload_command,
+        # Kea reads its included files only at start: a restart, and only if it runs
+        "kea6": cfg.services.kea_restart_command,
     }.get(service, ())
     return await run(command, cfg.services.timeout)

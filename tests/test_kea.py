@@ -324,3 +324,20 @@ async def test_v6_rows_are_read_and_watched(nmsdb: ScratchDatabase) -> None:
     finally:
         conn.close()
     assert before["ippool"] != after["ippool"] and before["endpoint"] != after["endpoint"]
+
+
+@needs_kea
+def test_the_cycle_publishes_kea_files_in_the_same_set(tmp_path: Path) -> None:
+    """cycle.apply renders, validates and swaps the Kea files with the v4 set; the service
+    to restart is named only when they change; bad v6 rows are reported with the others."""
+    from provhad import cycle
+
+    cfg = renderer(tmp_path).config
+    snap = snap6([pool6(11, 1, 1), pool6(12, 1, 2, ip_pool_start="zz")], [ep6(1, 1, 5)])
+    first = cycle.apply(cfg, snap, FACTS)
+    assert first.ok, first.error
+    assert KEA6 in first.services and "kea-dhcp6 -t" in first.validated
+    assert (tmp_path / "etc/kea/hosts6.conf").exists()
+    assert any(r.table == "ippool" and r.id == 12 for r in first.model.rejects)  # type: ignore[union-attr]
+    again = cycle.apply(cfg, dataclasses.replace(snap, modem=snap.modem[:-1]), FACTS)
+    assert again.ok and KEA6 not in again.services  # v4 changed, Kea's files did not
