@@ -189,6 +189,8 @@ class Daemon:
             self.log.warning("forced_exit", signal=signame)
             os._exit(1)
         self.log.info("stop_requested", signal=signame)
+        # at once, not after the cycle in flight: systemctl status shows the stop under way
+        self.notifier.stopping("stopping: finishing the cycle in progress")
         self.stop.set()
 
     # --- waiting for work ------------------------------------------------------------------
