@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -40,8 +41,6 @@ STOP_GRACE = 15.0
 LOCK_WAIT = 120.0
 #: The main loop wakes at least this often while waiting for a restart to end.
 BEAT_EVERY = 1.0
-#: Keys SIGHUP cannot change: they need ``systemctl restart provhad``.
-RESTART_KEYS = (("paths", "state_dir"), ("paths", "root"))
 
 
 class Poller:
@@ -85,7 +84,7 @@ class Poller:
             s.db_ok, s.db_node, s.db_error = True, self.watcher.node, ""
             if was_down:
                 self.d.log.info("db_up", node=self.watcher.node)
-                if not s.last_cycle_ok:
+                if self.d.scheduler.failures:  # a cycle of ours failed meanwhile
                     self.d.want("retry", "database back")
             self.d.reporter.report()
         if changed:
@@ -274,7 +273,7 @@ class Daemon:
             with cycle.quiet_gc():
                 result = await self._cycle(kinds, trigger)
         except Exception as exc:  # whatever it is, report it and try again later
-            self.log.exception("cycle_failed", trigger=trigger, error=repr(exc))
+            self.log.exception("cycle_crashed", trigger=trigger)  # the traceback, once
             result = cycle.Result(error=f"{type(exc).__name__}: {exc}")
         self.record(result, trigger, (time.monotonic() - started) * 1000)
         if result.model is not None:
@@ -320,6 +319,10 @@ class Daemon:
         s = self.state
         s.last_cycle_at, s.last_cycle_ok = now_iso(), result.ok
         s.last_duration_ms = round(duration_ms, 1)
+        for note in result.warnings:
+            # what `provhad render` prints as "warning:" (a confirmation ignored, a shrink
+            # published as confirmed, no OMAPI key ...)
+            self.log.warning("cycle_note", trigger=trigger, note=note)
         if result.ok:
             # counts describe the live set, so only a published (or unchanged) set sets them
             if result.model is not None:
@@ -390,14 +393,18 @@ class Daemon:
         except config.ConfigError as exc:
             self.log.error("config_reload_failed", error=str(exc))
             return
-        old, self.cfg = self.cfg, new
+        old = self.cfg
         ignored = [
-            f"{sec}.{key}"
-            for sec, key in RESTART_KEYS
-            if getattr(getattr(old, sec), key) != getattr(getattr(new, sec), key)
+            f"paths.{f.name}"
+            for f in dataclasses.fields(old.paths)
+            if getattr(old.paths, f.name) != getattr(new.paths, f.name)
         ]
         if ignored:
+            # the writer lock, state file and watched directories belong to this process:
+            # the new paths take effect at the next start, until then the old ones stay
             self.log.warning("config_needs_restart", keys=ignored)
+            new = dataclasses.replace(new, paths=old.paths)
+        self.cfg = new
         if new.database != old.database:
             self.poller.replace(new)
             self.rows = db.RowCache()
@@ -520,6 +527,9 @@ class Daemon:
         for name, task in list(self.tasks.items()):
             if task.done() and not task.cancelled():
                 self.log.error("task_failed", task=name, error=repr(task.exception()))
+                if name == "mqtt":
+                    self._restart_mqtt()
+                    continue
                 factory = {
                     "poll": self.poller.run,
                     "dhcpd": self.supervisor.run,

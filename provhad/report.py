@@ -7,11 +7,11 @@ outside world sees; the scheduler and the supervisor only change the state and c
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from provhad import log
 from provhad.notify import Notifier
 from provhad.state import State
 
@@ -59,6 +59,7 @@ class Reporter:
         self.notifier = notifier
         self.node = node
         self.mqtt: Any = None  # provhad.mqtt.MqttLink, when configured
+        self.save_error = ""
 
     def mqtt_state(self) -> str:
         if self.mqtt is None:
@@ -70,13 +71,20 @@ class Reporter:
         s.mqtt = self.mqtt_state()
         s.status = status_line(s)
         # the state file first: whoever reacts to STATUS may read it
-        with contextlib.suppress(OSError):
-            s.save(self.state_dir)
+        self.save()
         self.notifier.status(s.status)
         if self.mqtt is not None:
             self.mqtt.publish_status({"state": "online", "node": self.node, **asdict(s)})
 
     def save(self) -> None:
-        """The state file only (before READY, at shutdown)."""
-        with contextlib.suppress(OSError):
+        """The state file (also alone: before READY, at shutdown). A failure is logged once
+        per kind of error (a full /var/lib would otherwise log at every report)."""
+        try:
             self.state.save(self.state_dir)
+        except OSError as exc:
+            error = f"{exc.strerror or exc} ({exc.filename})"
+            if error != self.save_error:
+                log.get().error("state_file_failed", error=error)
+            self.save_error = error
+        else:
+            self.save_error = ""

@@ -156,8 +156,11 @@ class Supervisor:
         applied = s.dhcpd_applied_set
         outcome = await self._start()
         if outcome.ok:
-            s.dhcpd_running_generation = await self.ports.mark_running()
             s.dhcpd_running_set, s.dhcpd_error, s.dhcpd_failures = applied, "", 0
+            try:
+                s.dhcpd_running_generation = await self.ports.mark_running()
+            except Exception as exc:  # dhcpd is up: only the rollback target is older
+                self.log.error("mark_running_failed", error=f"{type(exc).__name__}: {exc}")
             self.log.info(
                 "restarted",
                 service="dhcpd",
