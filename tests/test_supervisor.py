@@ -232,3 +232,20 @@ async def test_no_files_no_restart() -> None:
     fake.live = ""
     await sup.step()
     assert fake.restarts == [] and sup.wait() is None
+
+
+async def test_rollback_target_that_cannot_be_kept_causes_no_restart_loop() -> None:
+    """dhcpd came up; only keeping its files as the rollback target failed (a full /var/lib):
+    that is reported, and dhcpd is not restarted again for it."""
+    sup, fake, clock, log, _ = make(min_interval=0.0)
+
+    async def full_disk() -> int | None:
+        raise OSError(28, "No space left on device")
+
+    fake.mark_running = full_disk  # type: ignore[method-assign]
+    await sup.step()
+    assert "mark_running_failed" in log.names()
+    assert sup.state.dhcpd_last_restart_ok and not sup.state.restart_pending
+    clock.now += 600
+    await sup.step()
+    assert fake.restarts == ["set-1"]
