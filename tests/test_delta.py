@@ -99,7 +99,10 @@ def test_a_mac_moving_to_a_new_name_deletes_the_old_name_first() -> None:
 
 
 def test_duplicates_and_other_files_are_not_live() -> None:
-    twice = b"host a { hardware ethernet 00:11:22:33:44:01; }\nhost b { hardware ethernet 00:11:22:33:44:01; }\n"
+    twice = (
+        b"host a { hardware ethernet 00:11:22:33:44:01; }\n"
+        b"host b { hardware ethernet 00:11:22:33:44:01; }\n"
+    )
     with pytest.raises(NotLive, match="hardware address"):
         delta({}, {"modems-host.conf": twice})
     with pytest.raises(NotLive, match="not a host file"):
