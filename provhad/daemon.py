@@ -23,7 +23,7 @@ import socket
 import time
 from typing import Any
 
-from provhad import config, cycle, db, generations, log, services
+from provhad import config, cycle, db, delta, generations, log, services
 from provhad.config import Config
 from provhad.hook import Hook
 from provhad.notify import Notifier, Watchdog, watchdog_interval
@@ -32,7 +32,7 @@ from provhad.report import Reporter
 from provhad.scheduler import FULL_READ, Debounce, Scheduler, Trigger, poll_pause
 from provhad.services import Outcome
 from provhad.state import DhcpdFiles, State, now_iso
-from provhad.supervisor import Pacing, Supervisor
+from provhad.supervisor import LiveUpdate, Pacing, Supervisor
 from provhad.tasks import cancel_and_wait
 
 #: Seconds the helper tasks get to stop (the MQTT link says "offline" and disconnects).
@@ -114,8 +114,51 @@ class DhcpdPorts:
         return await services.restart_dhcpd(self.d.cfg, timeout)
 
     async def mark_running(self) -> int | None:
+        # the files as measured under the supervisor's lock: what dhcpd now holds
+        self.d.state.dhcpd_running_files = dict(self.files.hashes)
         manifest = await asyncio.to_thread(generations.mark_running, self.d.state_dir)
         return manifest.generation if manifest is not None else None
+
+    def _host_delta(self) -> delta.Delta:
+        """The host delta from what dhcpd holds to the live files. NotLive when anything but
+        hosts changed or the old files are not known."""
+        old, live = self.d.state.dhcpd_running_files, self.files.hashes
+        if not old:
+            raise delta.NotLive("no record of the files dhcpd runs")
+        changed = {p for p in old.keys() | live.keys() if old.get(p) != live.get(p)}
+        others = sorted(changed - delta.HOST_FILES)
+        if others:
+            raise delta.NotLive(f"not only hosts changed: {', '.join(others)}")
+        before: dict[str, bytes] = {}
+        after: dict[str, bytes] = {}
+        for rel in changed:
+            if rel in old:
+                kept = generations.running_file(self.d.state_dir, old[rel])
+                try:
+                    before[rel] = kept.read_bytes()
+                except OSError as exc:
+                    raise delta.NotLive(f"{rel} as dhcpd runs it is not kept: {exc}") from exc
+            if rel in live:
+                after[rel] = (self.files.dhcp_dir / rel).read_bytes()
+        return delta.delta(before, after)
+
+    async def live_update(self) -> LiveUpdate:
+        if self.d.omapi is None:
+            return LiveUpdate(reason="OMAPI is off (no key, or [dhcpd] omapi = false)")
+        try:
+            change = await asyncio.to_thread(self._host_delta)
+        except delta.NotLive as exc:
+            return LiveUpdate(reason=str(exc))
+        s = self.d.state
+        s.omapi_inflight = True  # durably, before the first OMAPI message
+        self.d.reporter.save()
+        try:
+            outcome = await self.d.omapi.apply(change)
+        finally:
+            s.omapi_inflight = False
+        if not outcome.ok:
+            return LiveUpdate(attempted=True, reason=outcome.describe())
+        return LiveUpdate(True, True, "", len(change.delete), len(change.add))
 
     async def rollback(self) -> int | None:
         manifest = await asyncio.to_thread(generations.rollback, self.d.state_dir)
@@ -157,6 +200,8 @@ class Daemon:
             self.reporter.report,
             self.log,
         )
+        #: the OMAPI client host changes go live through (None: restarts only)
+        self.omapi: Any = None
         self.watchdog: Watchdog | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.stop_requests = 0
@@ -464,6 +509,10 @@ class Daemon:
         s = self.state
         s.pid, s.started_at, s.node = os.getpid(), now_iso(), self.node
         s.held_set = ""  # a restart of provhad tries again
+        if s.omapi_inflight:
+            # a crash during an OMAPI update: what dhcpd holds is unknown, so it restarts
+            self.log.warning("omapi_in_doubt")
+            s.omapi_inflight, s.dhcpd_running_set, s.dhcpd_running_files = False, "", {}
         s.status = "starting"  # before the first (possibly long) cycle: not "stopped"
         self.reporter.save()
         self.log.info("startup", config=self.cfg.source, pid=os.getpid())

@@ -510,6 +510,11 @@ def running(state_dir: Path) -> Manifest | None:
     return Manifest.load(state_dir / RUNNING)
 
 
+def running_file(state_dir: Path, digest: str) -> Path:
+    """Where the running set keeps the file with content ``digest`` (missing if it has none)."""
+    return state_dir / RUNNING / digest
+
+
 def mark_running(state_dir: Path) -> Manifest | None:
     """Record the live generation as the set dhcpd came up with: its files (hard links, copies
     across file systems, named by their hash) and its manifest in a new directory, fsynced,

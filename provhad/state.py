@@ -85,6 +85,16 @@ class State:
     dhcpd_error: str = ""
     #: restarts that failed in a row (retried with backoff)
     dhcpd_failures: int = 0
+    #: dhcpd's files (path below dhcp_dir -> sha256) as dhcpd holds them: the base of the
+    #: host delta that OMAPI applies
+    dhcpd_running_files: dict[str, str] = field(default_factory=dict)
+    #: an OMAPI update was under way: if this is still set at start, what dhcpd holds is
+    #: unknown and it is restarted
+    omapi_inflight: bool = False
+    #: hosts changed live by OMAPI since the daemon started; the last delta; the last fallback
+    omapi_hosts: int = 0
+    omapi_last: str = ""
+    omapi_fallback: str = ""
     held_set: str = ""
     held_reason: str = ""
     rollbacks: int = 0
@@ -137,6 +147,8 @@ class DhcpdFiles:
     def __init__(self, dhcp_dir: Path) -> None:
         self.dhcp_dir = dhcp_dir
         self._known: dict[str, tuple[Stamp, str]] = {}
+        #: path below dhcp_dir -> sha256, as of the last digest()
+        self.hashes: dict[str, str] = {}
 
     def _files(self) -> Iterator[Path]:
         for dirpath, dirnames, filenames in os.walk(self.dhcp_dir):
@@ -149,6 +161,7 @@ class DhcpdFiles:
         """sha256 over (relative path, content hash) of each file; "" when there are none."""
         total = hashlib.sha256()
         seen: dict[str, tuple[Stamp, str]] = {}
+        hashes: dict[str, str] = {}
         for path in self._files():
             with contextlib.suppress(OSError):
                 st = path.stat()
@@ -159,6 +172,8 @@ class DhcpdFiles:
                     with open(path, "rb") as fh:
                         known = (stamp, hashlib.file_digest(fh, "sha256").hexdigest())
                 seen[key] = known
-                total.update(f"{path.relative_to(self.dhcp_dir)}\0{known[1]}\0".encode())
-        self._known = seen
+                rel = str(path.relative_to(self.dhcp_dir))
+                hashes[rel] = known[1]
+                total.update(f"{rel}\0{known[1]}\0".encode())
+        self._known, self.hashes = seen, hashes
         return total.hexdigest() if seen else ""

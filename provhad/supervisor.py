@@ -46,6 +46,22 @@ class Ports(Protocol):
     async def rollback(self) -> int | None:
         """Make the running set live again; the new generation, None when none is known."""
 
+    async def live_update(self) -> LiveUpdate:
+        """Bring the running dhcpd to the live files without a restart (OMAPI), when only
+        hosts changed; say why not otherwise."""
+
+
+@dataclass(frozen=True)
+class LiveUpdate:
+    """What an attempt to update dhcpd live did."""
+
+    applied: bool = False
+    #: False: not possible for this change (pools changed, OMAPI off ...): a plain restart
+    attempted: bool = False
+    reason: str = ""
+    deletes: int = 0
+    adds: int = 0
+
 
 @dataclass(frozen=True)
 class Pacing:
@@ -114,10 +130,18 @@ class Supervisor:
     # --- one step --------------------------------------------------------------------------
 
     async def step(self) -> None:
-        """Measure, and restart (or roll back) if due and allowed now."""
+        """Measure; bring dhcpd up to date live if only hosts changed, else restart (or roll
+        back) when due and allowed now."""
         async with self.lock:
             await self.measure()
-            if not self.due() or self.clock() < self.not_before:
+            if not self.due():
+                return
+            # dhcpd runs and only its files differ: host changes go live without a restart
+            # (not paced: they cost dhcpd nothing)
+            s = self.state
+            if s.dhcpd_running_set and s.dhcpd_last_restart_ok and await self._live():
+                return
+            if self.clock() < self.not_before:
                 return
             try:
                 await self._restart()
@@ -129,6 +153,37 @@ class Supervisor:
                 self.log.error("restart_failed", service="dhcpd", error=self.state.dhcpd_error)
                 self._pace(failed=True)
         self.report()
+
+    async def _live(self) -> bool:
+        """Try the live update; True when dhcpd now holds the live set."""
+        s = self.state
+        applied = s.dhcpd_applied_set
+        started = self.clock()
+        try:
+            upd = await self.ports.live_update()
+        except Exception as exc:  # in doubt: restart
+            upd = LiveUpdate(attempted=True, reason=f"{type(exc).__name__}: {exc}")
+        if not upd.applied:
+            if upd.attempted:
+                s.omapi_fallback = f"{now_iso()} {upd.reason}"
+                self.log.warning("omapi_fallback", reason=upd.reason)
+            else:
+                self.log.debug("omapi_not_applicable", reason=upd.reason)
+            return False
+        s.dhcpd_running_set = applied
+        s.omapi_hosts += upd.deletes + upd.adds
+        s.omapi_last = f"{now_iso()} -{upd.deletes} +{upd.adds}"
+        self.log.info(
+            "omapi_applied",
+            deletes=upd.deletes,
+            adds=upd.adds,
+            seconds=round(self.clock() - started, 3),
+        )
+        try:
+            s.dhcpd_running_generation = await self.ports.mark_running()
+        except Exception as exc:  # dhcpd holds the set: only the rollback target is older
+            self.log.error("mark_running_failed", error=f"{type(exc).__name__}: {exc}")
+        return True
 
     async def _start(self) -> Outcome:
         s = self.state

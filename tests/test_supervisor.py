@@ -10,7 +10,7 @@ import pytest
 
 from provhad.services import Outcome
 from provhad.state import State
-from provhad.supervisor import BACKOFF_FIRST, Pacing, Supervisor
+from provhad.supervisor import BACKOFF_FIRST, LiveUpdate, Pacing, Supervisor
 
 OK = Outcome(True, 0, "")
 FAIL = Outcome(False, 1, "dhcpd: no subnet declaration for eth0")
@@ -51,6 +51,9 @@ class FakeDhcpd:
     restart_takes: float = 2.0
     rollbacks: int = 0
     rollback_error: Exception | None = None
+    #: what the next live updates do (default: not possible for the change)
+    live_updates: list[LiveUpdate | Exception] = field(default_factory=list)
+    live_calls: int = 0
 
     async def applied(self) -> str:
         return self.live
@@ -73,6 +76,13 @@ class FakeDhcpd:
         self.generation += 1
         self.live = self.running_set
         return self.generation
+
+    async def live_update(self) -> LiveUpdate:
+        self.live_calls += 1
+        upd = self.live_updates.pop(0) if self.live_updates else LiveUpdate(reason="pools")
+        if isinstance(upd, Exception):
+            raise upd
+        return upd
 
     def publish(self, digest: str) -> None:
         self.live = digest
@@ -249,3 +259,46 @@ async def test_rollback_target_that_cannot_be_kept_causes_no_restart_loop() -> N
     clock.now += 600
     await sup.step()
     assert fake.restarts == ["set-1"]
+
+
+async def test_host_changes_go_live_without_a_restart() -> None:
+    """Issue 12: only hosts changed and OMAPI took them: no restart, not even paced; the
+    live set becomes what dhcpd runs (and the rollback target)."""
+    sup, fake, _clock, log, _ = make(min_interval=30.0)
+    await sup.step()
+    fake.publish("set-2")
+    fake.live_updates = [LiveUpdate(applied=True, attempted=True, deletes=1, adds=2)]
+    await sup.step()
+    assert fake.restarts == ["set-1"]
+    assert sup.state.dhcpd_running_set == "set-2" and not sup.state.restart_pending
+    assert fake.running_set == "set-2" and sup.state.omapi_hosts == 3
+    assert "omapi_applied" in log.names() and sup.wait() is None
+
+
+async def test_failed_live_update_falls_back_to_a_paced_restart() -> None:
+    sup, fake, clock, log, _ = make(min_interval=30.0)
+    await sup.step()
+    fake.publish("set-2")
+    fake.live_updates = [
+        LiveUpdate(attempted=True, reason="OMAPI: not authorized"),
+        OSError("connection reset"),
+    ]
+    await sup.step()
+    assert fake.restarts == ["set-1"]  # paced: the restart waits for the interval
+    assert "not authorized" in sup.state.omapi_fallback
+    clock.now += 30.0
+    await sup.step()
+    assert fake.restarts == ["set-1", "set-2"] and fake.live_calls == 2
+    assert "connection reset" in sup.state.omapi_fallback
+    assert log.names().count("omapi_fallback") == 2
+
+
+async def test_no_live_update_while_dhcpd_is_down() -> None:
+    sup, fake, clock, _log, _ = make(min_interval=0.0)
+    fake.outcomes = [FAIL]
+    await sup.step()
+    fake.publish("set-2")
+    fake.live_updates = [LiveUpdate(applied=True, attempted=True, adds=1)]
+    clock.now += BACKOFF_FIRST
+    await sup.step()
+    assert fake.live_calls == 0 and fake.restarts == ["set-1", "set-2"]
