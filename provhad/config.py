@@ -125,6 +125,11 @@ class DhcpdConfig:
     check_timeout: float = 30.0
     check_attempts: int = 5
     check_interval: float = 1.0
+    #: host changes (modems, MTAs, endpoints) go live by OMAPI, without a restart
+    omapi: bool = True
+    #: OMAPI's address (dhcpd listens on omapi-port 7911 of failover.conf, all addresses)
+    omapi_host: str = "127.0.0.1"
+    omapi_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
