@@ -90,9 +90,14 @@ def _parser() -> _Parser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     status = sub.add_parser(
         "status",
-        help="print the daemon's state file",
-        description="Print the last state the "
-        "daemon saved (after each cycle) for a person, or as JSON.",
+        help="print the daemon's state file and health; exit 0 running and healthy",
+        description=(
+            "Print the last state the daemon saved (after each cycle) for a person, or as "
+            "JSON, with the health 'provhad check' reports. Exit status as for an LSB "
+            "'status' action: 0 running and healthy, 1 dead although the state file says it "
+            "runs (crashed or killed), 3 not running (stopped), 4 unknown (no readable state "
+            "file), 150 running with problems (check says WARNING or CRITICAL)."
+        ),
     )
     status.add_argument("--json", action="store_true", help="print the state file as JSON")
     confirm = sub.add_parser(
@@ -175,21 +180,29 @@ def _parser() -> _Parser:
 
 
 def _status(cfg: config.Config, as_json: bool) -> int:
+    """The state file for a person (or as JSON), the health ``provhad check`` sees, and an
+    LSB-style exit status (check.STATUS_*)."""
+    from provhad import check
+
     path = cfg.paths.under_root(cfg.paths.state_dir) / "state.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         print(f"provhad: no state file at {path}: the daemon has not run", file=sys.stderr)
-        return EXIT_FAILED
+        return check.STATUS_UNKNOWN
     except (OSError, ValueError) as exc:
         print(f"provhad: cannot read {path}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return check.STATUS_UNKNOWN
+    report = check.inspect(cfg)
+    code = check.status_code(report)
     if as_json:
         print(json.dumps(data, indent=1, sort_keys=True))
-        return EXIT_OK
+        return code
+    running = "not running: " + report.not_running if report.not_running else "running"
     rows = [
+        ("daemon", f"{running} (pid {data.get('pid')})"),
+        ("health", report.verdict.line().removeprefix("PROVHAD ").split(" | ")[0]),
         ("status", data.get("status")),
-        ("pid", data.get("pid")),
         ("live generation", data.get("generation")),
         (
             "last cycle",
@@ -218,6 +231,10 @@ def _status(cfg: config.Config, as_json: bool) -> int:
             ),
         ),
         ("held back", data.get("held_reason") or "-"),
+        (
+            "reloads failed",
+            "; ".join(f"{k}: {v}" for k, v in sorted(data.get("reload_errors", {}).items())) or "-",
+        ),
         ("counts", ", ".join(f"{k} {v}" for k, v in sorted(data.get("counts", {}).items()))),
         ("rejected rows", len(data.get("rejected", []))),
         ("missing configfiles", data.get("missing_configfiles")),
@@ -226,7 +243,7 @@ def _status(cfg: config.Config, as_json: bool) -> int:
         print(f"{key + ':':<20} {value}")
     for line in data.get("rejected", [])[:50]:
         print(f"  {line}")
-    return EXIT_OK
+    return code
 
 
 def _render(cfg: config.Config) -> int:
