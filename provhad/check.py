@@ -1,28 +1,45 @@
-"""``provhad check``: a Nagios/Icinga plugin reading the daemon's state file.
+"""``provhad check``: a Nagios/Icinga plugin reading the daemon's state file and asking
+systemd about the services it feeds.
 
 One status line, ``PROVHAD OK|WARNING|CRITICAL|UNKNOWN - text | perfdata``, and the exit status
-0/1/2/3 of the plugin conventions. It only reads ``state.json`` (written by ``provhad run``
-after every cycle) and checks the recorded pid, so it needs no database access and no privilege
-beyond reading the state directory. :func:`evaluate` is pure; :func:`run` does the I/O.
+0/1/2/3 of the plugin conventions. It reads ``state.json`` (written by ``provhad run`` after
+every cycle), checks the recorded pid and asks systemd (``systemctl show``, read-only) whether
+dhcpd and the other configured units are active, so it needs no database access and no
+privilege beyond reading the state directory. :func:`evaluate` is pure; :func:`run` does the
+I/O. :func:`status_code` gives ``provhad status`` its LSB-style exit status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from provhad import db
+from provhad import db, services
 from provhad.config import CheckConfig, Config
+from provhad.report import summarise
+from provhad.services import UnitState
 from provhad.state import STATE_FILE, State
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 _NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 _SEVERITY = {"ok": OK, "warning": WARNING, "critical": CRITICAL}
 _TEXT_MAX = 160  # of one problem's text: the status line must stay readable
+#: how long ``systemctl show`` may take (a plugin has about 10 s in all)
+SYSTEMCTL_TIMEOUT = 5.0
+#: dhcpd may have entered "active" this much before the restart began (second-resolution
+#: timestamps in the state file, clock reads in two processes)
+_RESTART_SLACK = 2.0
+
+#: ``provhad status`` exit codes, after the LSB ``status`` action: 0 running (and healthy),
+#: 1 dead although the state file says it runs, 3 not running, 4 unknown (no state file);
+#: 150 (LSB's range for applications) running with problems
+STATUS_OK, STATUS_DEAD, STATUS_STOPPED, STATUS_UNKNOWN, STATUS_PROBLEMS = 0, 1, 3, 4, 150
 
 
 @dataclass(frozen=True)
@@ -38,10 +55,21 @@ class Verdict:
         return f"{out} | {self.perfdata}" if self.perfdata else out
 
 
+@dataclass(frozen=True)
+class Units:
+    """What systemd said about the units ``provhad check`` watches."""
+
+    dhcpd: UnitState | None = None
+    others: tuple[UnitState, ...] = ()
+    #: why systemd could not be asked ("" when it answered or nothing was asked)
+    error: str = ""
+    #: the units that were to be asked (named in ``error``)
+    asked: tuple[str, ...] = ()
+
+
 def _clean(text: str) -> str:
-    """One line without '|' (it would start the performance data)."""
-    text = " ".join(text.split()).replace("|", "/")
-    return text if len(text) <= _TEXT_MAX else text[: _TEXT_MAX - 3] + "..."
+    """One line without '|' (it would start the performance data), summarised, not cut."""
+    return summarise(text.replace("|", "/"), _TEXT_MAX)
 
 
 def _count_level(value: int, warning: int, critical: int) -> int:
@@ -71,15 +99,60 @@ def _hosts(state: State) -> int:
     return sum(state.counts.get(k, 0) for k in ("modems", "mtas", "endpoints"))
 
 
+def _dhcpd_predates_restart(state: State, dhcpd: UnitState, now: dt.datetime) -> str | None:
+    """When dhcpd's unit entered "active" before provhad's last successful restart began: that
+    restart did not reach this dhcpd, which may still run an older set. (A later start, by
+    anyone, reads the live files: fine.)"""
+    if not (state.dhcpd_last_restart_at and state.dhcpd_last_restart_ok):
+        return None
+    if not dhcpd.running or dhcpd.active_for is None:
+        return None
+    restarted = _age(state.dhcpd_last_restart_at, now)
+    if restarted is None:
+        return None
+    began = restarted + state.dhcpd_restart_s  # seconds ago
+    if dhcpd.active_for <= began + _RESTART_SLACK:
+        return None
+    since = (now - dt.timedelta(seconds=dhcpd.active_for)).isoformat(timespec="seconds")
+    return (
+        f"{dhcpd.unit} active since {since}, before provhad restarted it at "
+        f"{state.dhcpd_last_restart_at}: it may not run live gen {state.generation}"
+    )
+
+
+def _unit_problems(state: State, units: Units, now: dt.datetime) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    if units.error:
+        out.append((WARNING, f"cannot ask systemd about {', '.join(units.asked)}: {units.error}"))
+    if units.dhcpd is not None:
+        if not units.dhcpd.running:
+            out.append((CRITICAL, f"dhcpd DOWN: {units.dhcpd.describe()}"))
+        else:
+            stale = _dhcpd_predates_restart(state, units.dhcpd, now)
+            if stale:
+                out.append((WARNING, stale))
+    out += [(WARNING, f"{u.describe()}, not active") for u in units.others if not u.running]
+    return out
+
+
+def _reload_errors(state: State) -> Mapping[str, str]:
+    """The daemon's last failed reload per service (named, chrony); a state file from before
+    the field existed has none."""
+    errors = getattr(state, "reload_errors", None)
+    return errors if isinstance(errors, Mapping) else {}
+
+
 def evaluate(
     state: State,
     limits: CheckConfig,
     now: dt.datetime,
     not_running: str | None = None,
     preferred_node: str = "",
+    units: Units = Units(),
 ) -> Verdict:
     """The verdict for ``state``. ``not_running`` says why the daemon is not running (None:
-    it runs); ``preferred_node`` is the first configured database node."""
+    it runs); ``preferred_node`` is the first configured database node; ``units`` what
+    systemd said about dhcpd and the other watched units."""
     problems: list[tuple[int, str]] = []
 
     def add(level: int, text: str) -> None:
@@ -88,6 +161,8 @@ def evaluate(
 
     if not_running is not None:
         add(CRITICAL, f"daemon not running: {not_running}")
+    for level, text in _unit_problems(state, units, now):
+        add(level, text)
 
     success_age = _age(state.last_success_at, now) if state.last_success_at else None
     if success_age is not None:
@@ -103,7 +178,8 @@ def evaluate(
         add(WARNING, what)
 
     if state.held_reason.startswith("shrink guard"):
-        add(CRITICAL, f"HELD: {state.held_reason} (provhad confirm-shrink)")
+        hint = "" if "confirm-shrink" in state.held_reason else " (provhad confirm-shrink)"
+        add(CRITICAL, f"HELD: {state.held_reason}{hint}")
     elif state.held_reason:
         add(WARNING, f"held back: {state.held_reason}")
     elif not state.last_cycle_ok and state.last_error and state.db_ok:
@@ -120,6 +196,8 @@ def evaluate(
 
     if state.hook_ok is False:
         add(WARNING, f"configfile build FAILED: {state.hook_error}")
+    for service, error in sorted(_reload_errors(state).items()):
+        add(WARNING, f"{service} reload FAILED: {error}")
 
     if not state.db_ok:
         add(_SEVERITY[limits.db_down], f"database DOWN: {state.db_error or 'no node'}")
@@ -205,27 +283,86 @@ def preferred_node(cfg: Config) -> str:
     return str(nodes[0]) if nodes else ""
 
 
-def run(cfg: Config, now: dt.datetime | None = None) -> int:
-    """Print the status line for the daemon configured by ``cfg``; return the exit status."""
+def watched_units(cfg: Config) -> tuple[str | None, tuple[str, ...]]:
+    """dhcpd's unit (None: not checked) and the other units to check, "auto" resolved."""
+    c = cfg.check
+    if c.dhcpd_unit == "auto":
+        dhcpd = services.unit_of(cfg.dhcpd.restart_command)
+    else:
+        dhcpd = c.dhcpd_unit or None
+    others: list[str] = []
+    for unit in c.units:
+        if unit == "auto":
+            commands = (cfg.services.named_reload_command, cfg.services.chrony_reload_command)
+            found = [services.unit_of(command) for command in commands]
+            others += [u for u in found if u]
+        elif unit:
+            others.append(unit)
+    return dhcpd, tuple(dict.fromkeys(u for u in others if u != dhcpd))
+
+
+def ask_units(cfg: Config, timeout: float = SYSTEMCTL_TIMEOUT) -> Units:
+    """What systemd says about the units :func:`watched_units` names."""
+    dhcpd, others = watched_units(cfg)
+    asked = ((dhcpd,) if dhcpd else ()) + others
+    try:
+        states = asyncio.run(services.unit_states(asked, timeout))
+    except services.SystemdError as exc:
+        return Units(error=str(exc), asked=asked)
+    if dhcpd:
+        return Units(states[0], tuple(states[1:]), asked=asked)
+    return Units(None, tuple(states), asked=asked)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``provhad check`` and ``provhad status`` found."""
+
+    verdict: Verdict
+    state: State | None = None
+    #: why the daemon is not running; None when it runs (or there is no state)
+    not_running: str | None = None
+
+
+def inspect(cfg: Config, now: dt.datetime | None = None) -> Report:
+    """Read the state file, ask systemd, judge."""
     path = cfg.paths.under_root(cfg.paths.state_dir) / STATE_FILE
     try:
         state = load_state(path.parent)
     except FileNotFoundError:
-        verdict = Verdict(UNKNOWN, f"no state file {path}: the daemon has never run")
+        return Report(Verdict(UNKNOWN, f"no state file {path}: the daemon has never run"))
     except PermissionError:
-        verdict = Verdict(
-            UNKNOWN, f"cannot read {path}: permission denied (add this user to group provhad)"
+        return Report(
+            Verdict(
+                UNKNOWN, f"cannot read {path}: permission denied (add this user to group provhad)"
+            )
         )
     except (OSError, ValueError, TypeError) as exc:
-        verdict = Verdict(UNKNOWN, _clean(f"cannot read {path}: {exc}"))
-    else:
-        verdict = evaluate(
-            state,
-            cfg.check,
-            now or dt.datetime.now(dt.UTC),
-            not_running(state),
-            preferred_node(cfg),
-        )
+        return Report(Verdict(UNKNOWN, _clean(f"cannot read {path}: {exc}")))
+    why = not_running(state)
+    verdict = evaluate(
+        state,
+        cfg.check,
+        now or dt.datetime.now(dt.UTC),
+        why,
+        preferred_node(cfg),
+        ask_units(cfg),
+    )
+    return Report(verdict, state, why)
+
+
+def status_code(report: Report) -> int:
+    """``provhad status``'s exit status (see STATUS_OK and friends)."""
+    if report.state is None:
+        return STATUS_UNKNOWN
+    if report.not_running is not None:
+        return STATUS_STOPPED if report.state.status == "stopped" else STATUS_DEAD
+    return STATUS_OK if report.verdict.code == OK else STATUS_PROBLEMS
+
+
+def run(cfg: Config, now: dt.datetime | None = None) -> int:
+    """Print the status line for the daemon configured by ``cfg``; return the exit status."""
+    verdict = inspect(cfg, now).verdict
     print(verdict.line())
     return verdict.code
 

@@ -6,14 +6,23 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from provhad import __version__, config, cycle, generations, plan
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_UNKNOWN = 3  # a monitoring plugin's "UNKNOWN": exit 2 would read as CRITICAL
+#: `provhad reload` waits this long by default: less than the unit's TimeoutStartSec= (300 s),
+#: which systemd also applies to ExecReload=, so the operator reads our reason, not a kill
+RELOAD_TIMEOUT = 240.0
+#: how often `provhad reload` reads the state file while it waits
+_RELOAD_POLL = 0.1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,9 +99,14 @@ def _parser() -> _Parser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     status = sub.add_parser(
         "status",
-        help="print the daemon's state file",
-        description="Print the last state the "
-        "daemon saved (after each cycle) for a person, or as JSON.",
+        help="print the daemon's state file and health; exit 0 running and healthy",
+        description=(
+            "Print the last state the daemon saved (after each cycle) for a person, or as "
+            "JSON, with the health 'provhad check' reports. Exit status as for an LSB "
+            "'status' action: 0 running and healthy, 1 dead although the state file says it "
+            "runs (crashed or killed), 3 not running (stopped), 4 unknown (no readable state "
+            "file), 150 running with problems (check says WARNING or CRITICAL)."
+        ),
     )
     status.add_argument("--json", action="store_true", help="print the state file as JSON")
     confirm = sub.add_parser(
@@ -114,6 +128,31 @@ def _parser() -> _Parser:
         default=plan.CONFIRM_TTL,
         help=f"how long the confirmation stays valid (default {plan.CONFIRM_TTL:g})",
     )
+    reload = sub.add_parser(
+        "reload",
+        help="make the daemon re-read its configuration and rebuild, and wait until it has",
+        description=(
+            "Send SIGHUP to the daemon and wait until it has re-read its configuration and run "
+            "the cycle that follows (the state file's reload_started_usec/reload_finished_usec "
+            "show a reload that began after the signal). The unit's ExecReload= runs it, so "
+            "'systemctl reload provhad' returns only then, also on systemd < 253 (no "
+            "Type=notify-reload). Exit 0 reloaded, 1 not running, refused (bad configuration: "
+            "the old one stays), or not done within --timeout."
+        ),
+    )
+    reload.add_argument(
+        "--pid",
+        type=int,
+        metavar="PID",
+        help="the daemon's pid (ExecReload=: $MAINPID); default: the one in the state file",
+    )
+    reload.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=RELOAD_TIMEOUT,
+        help=f"how long to wait for the reload (default {RELOAD_TIMEOUT:g})",
+    )
     trigger = sub.add_parser(
         "trigger",
         help="ask the daemons listening on the MQTT trigger topic to rebuild now",
@@ -127,9 +166,12 @@ def _parser() -> _Parser:
             "Read the daemon's state file and print one line 'PROVHAD OK|WARNING|CRITICAL|"
             "UNKNOWN - text | perfdata'; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. "
             "CRITICAL: the daemon is not running, the last successful cycle is older than the "
-            "critical age, a dhcpd restart failed, the shrink guard holds a set back, no "
-            "database node answers ([check] db_down). WARNING: the warning age, a set held "
-            "back or a failed cycle, a dhcpd restart pending, reading from a fallback database "
+            "critical age, a dhcpd restart failed, dhcpd's unit is not active ([check] "
+            "dhcpd_unit), the shrink guard holds a set back, no database node answers ([check] "
+            "db_down). WARNING: the warning age, a set held back or a failed cycle, a dhcpd "
+            "restart pending, dhcpd active since before provhad's last restart, another "
+            "watched unit not active ([check] units: named, chrony, TFTP), a failed "
+            "named/chrony reload, systemd not answering, reading from a fallback database "
             "node ([check] db_fallback), rejected rows, missing TFTP configfiles. UNKNOWN: no "
             "readable state file or a bad configuration. Thresholds come from [check]; the "
             "options override them. Count thresholds alert at that many or more; 0 is off."
@@ -162,7 +204,7 @@ def _parser() -> _Parser:
                 dest=f"{name}_{level}",
                 help=f"{what} that are {level.upper()} ([check] {name}_{level})",
             )
-    for p in (render, run, status, confirm, trigger, check):
+    for p in (render, run, status, confirm, reload, trigger, check):
         p.add_argument(
             "--config", metavar="FILE", help="provhad TOML file (default: NMS Prime's env files)"
         )
@@ -175,21 +217,29 @@ def _parser() -> _Parser:
 
 
 def _status(cfg: config.Config, as_json: bool) -> int:
+    """The state file for a person (or as JSON), the health ``provhad check`` sees, and an
+    LSB-style exit status (check.STATUS_*)."""
+    from provhad import check
+
     path = cfg.paths.under_root(cfg.paths.state_dir) / "state.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         print(f"provhad: no state file at {path}: the daemon has not run", file=sys.stderr)
-        return EXIT_FAILED
+        return check.STATUS_UNKNOWN
     except (OSError, ValueError) as exc:
         print(f"provhad: cannot read {path}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return check.STATUS_UNKNOWN
+    report = check.inspect(cfg)
+    code = check.status_code(report)
     if as_json:
         print(json.dumps(data, indent=1, sort_keys=True))
-        return EXIT_OK
+        return code
+    running = "not running: " + report.not_running if report.not_running else "running"
     rows = [
+        ("daemon", f"{running} (pid {data.get('pid')})"),
+        ("health", report.verdict.line().removeprefix("PROVHAD ").split(" | ")[0]),
         ("status", data.get("status")),
-        ("pid", data.get("pid")),
         ("live generation", data.get("generation")),
         (
             "last cycle",
@@ -218,6 +268,10 @@ def _status(cfg: config.Config, as_json: bool) -> int:
             ),
         ),
         ("held back", data.get("held_reason") or "-"),
+        (
+            "reloads failed",
+            "; ".join(f"{k}: {v}" for k, v in sorted(data.get("reload_errors", {}).items())) or "-",
+        ),
         ("counts", ", ".join(f"{k} {v}" for k, v in sorted(data.get("counts", {}).items()))),
         ("rejected rows", len(data.get("rejected", []))),
         ("missing configfiles", data.get("missing_configfiles")),
@@ -226,6 +280,87 @@ def _status(cfg: config.Config, as_json: bool) -> int:
         print(f"{key + ':':<20} {value}")
     for line in data.get("rejected", [])[:50]:
         print(f"  {line}")
+    return code
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's: it exists
+    return True
+
+
+def _reloaded(data: dict[str, Any], since_usec: int) -> bool:
+    """The state file shows a reload that began at or after ``since_usec`` and has ended."""
+    started, finished = data.get("reload_started_usec"), data.get("reload_finished_usec")
+    if not isinstance(started, int) or not isinstance(finished, int):
+        return False
+    return started >= since_usec and finished >= started
+
+
+def _reload(cfg: config.Config, pid: int | None, timeout: float) -> int:
+    """SIGHUP, then wait until the daemon has reloaded (see the command's description)."""
+    from provhad import check
+    from provhad.notify import monotonic_usec
+    from provhad.state import STATE_FILE, State
+
+    path = cfg.paths.under_root(cfg.paths.state_dir) / STATE_FILE
+    try:
+        data = _read_json(path)
+    except (OSError, ValueError) as exc:
+        print(f"provhad: cannot read {path}: {exc}; is the daemon running?", file=sys.stderr)
+        return EXIT_FAILED
+    if pid is None:
+        why = check.not_running(State.parse(data))
+        if why is not None:
+            print(f"provhad: the daemon is not running: {why}", file=sys.stderr)
+            return EXIT_FAILED
+        pid = int(data["pid"])
+    # the reload must begin after the signal: the daemon stamps it on the same clock
+    since = monotonic_usec()
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(f"provhad: cannot signal pid {pid}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if "reload_finished_usec" not in data:
+        print(f"sent SIGHUP to pid {pid}; this daemon does not report when it has reloaded")
+        return EXIT_OK
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = _read_json(path)
+        except (OSError, ValueError):
+            pass  # replaced by rename: a read sees the old or the new file; retry anyway
+        else:
+            if _reloaded(data, since):
+                break
+        if not _alive(pid):
+            print(f"provhad: the daemon (pid {pid}) ended during the reload", file=sys.stderr)
+            return EXIT_FAILED
+        if time.monotonic() >= deadline:
+            print(
+                f"provhad: the daemon (pid {pid}) has not finished the reload within "
+                f"{timeout:g} s; it goes on by itself (provhad status)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        time.sleep(_RELOAD_POLL)  # the state file is replaced whole; no change event to wait on
+    error = data.get("reload_error")
+    if error:
+        print(f"provhad: reload refused, the old configuration stays: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"reloaded: {data.get('status')}")
     return EXIT_OK
 
 
@@ -291,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return daemon.run(args.config, args.root, log_target=args.log, log_level=args.log_level)
     if args.command == "status":
         return _status(cfg, args.json)
+    if args.command == "reload":
+        return _reload(cfg, args.pid, args.timeout)
     if args.command == "confirm-shrink":
         return _confirm_shrink(cfg, args.ttl, dt.datetime.now(dt.UTC))
     if args.command == "check":

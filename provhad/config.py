@@ -173,6 +173,12 @@ class CheckConfig:
     db_fallback: str = "warning"
     #: severity when no database node answers
     db_down: str = "critical"
+    #: dhcpd's systemd unit: CRITICAL when it is not active. "auto": the unit that
+    #: [dhcpd] restart_command names (``systemctl VERB UNIT``); "": not checked
+    dhcpd_unit: str = "auto"
+    #: other units that must be active (WARNING otherwise), e.g. "tftp.socket". "auto" stands
+    #: for the units [services] named_reload_command and chrony_reload_command name
+    units: tuple[str, ...] = ("auto",)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""structlog set up for the journal (one field per key), a terminal, or plain key=value lines.
+"""structlog set up for the journal (one field per key), a terminal, or logfmt lines.
 
 In the journal every entry carries MESSAGE (the event and its keys on one line, a traceback
 on the lines after it), PRIORITY, SYSLOG_IDENTIFIER=provhad, CODE_FILE/CODE_LINE/CODE_FUNC and
@@ -6,10 +6,9 @@ one ``PROVHAD_<KEY>`` field per key (upper-cased, anything but A-Z and 0-9 turne
 so ``journalctl -u provhad PROVHAD_EVENT=published`` works. Lists become newline-joined
 values, dicts JSON.
 
-The journal's native protocol is written here rather than through ``systemd.journal.send``:
-that one cannot be given a socket path, so it could not be tested against a socket of our own.
-An entry too big for one datagram goes in a sealed memfd, as libsystemd does. If the journal
-cannot be reached the entry goes to stderr instead; logging never raises.
+Entries reach the journal through systemd-python (``systemd.journal.sendv``, i.e. libsystemd's
+sd_journal_sendv, which also moves an entry too big for one datagram into a sealed memfd). If
+the journal cannot be reached the entry goes to stderr instead; logging never raises.
 
 Records of stdlib loggers (aiomqtt, asyncio, ...) go through the same processors and the same
 sink (:func:`configure` puts a handler with structlog's ProcessorFormatter on the root logger);
@@ -24,29 +23,27 @@ contains ``password``, ``passwd``, ``passphrase``, ``secret``, ``token``, ``cred
 
 from __future__ import annotations
 
-import array
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
 import re
-import socket
-import struct
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
 import structlog
+import systemd.journal
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 IDENTIFIER = "provhad"
 FIELD_PREFIX = "PROVHAD_"
 MASK = "***"
 TARGETS = ("auto", "journal", "console", "plain")
+#: where libsystemd sends entries (fixed in it); "auto" looks for it
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -75,15 +72,9 @@ _SECRET_WORDS = frozenset({"pass", "pwd", "auth", "authorization", "psk", "dsn"}
 _WORD_SPLIT = re.compile(r"[_\-.]+")
 _FIELD_BAD = re.compile(r"[^A-Z0-9]")
 _FIELD_MAX = 64  # journald drops fields with longer names
-_NEEDS_QUOTES = re.compile(r'[\s"=\\]|[\x00-\x1f\x7f]')
-# Keys that the renderers place themselves instead of as ordinary key=value pairs.
+# Keys that the journal renderer places in fields of their own instead of key=value pairs.
 _CALLSITE = {"pathname": "CODE_FILE", "lineno": "CODE_LINE", "func_name": "CODE_FUNC"}
-_SEND_TIMEOUT = 1.0
-_MEMFD_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-
-_sink_lock = threading.Lock()
-_current_sink: _Sink | None = None
-
+_TRAILERS = ("stack", "exception")
 
 # --- processors ---------------------------------------------------------------------------
 
@@ -135,17 +126,45 @@ def _field_value(value: Any) -> str:
     return _scalar(value)
 
 
-def _text_value(value: Any) -> str:
-    if isinstance(value, list | tuple | set | frozenset):
-        return json.dumps(list(value), default=str, ensure_ascii=False)
-    text = _scalar(value)
-    if not text or _NEEDS_QUOTES.search(text):
-        return json.dumps(text, ensure_ascii=False)
-    return text
+#: ``k=v`` pairs of the journal's MESSAGE and of plain lines (structlog's logfmt)
+_LOGFMT = structlog.processors.LogfmtRenderer(sort_keys=True, bool_as_flag=False)
 
 
-def _pairs(event_dict: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={_text_value(event_dict[k])}" for k in sorted(event_dict))
+def _logfmt_value(value: Any) -> Any:
+    # logfmt has no lists or maps: JSON keeps them readable and parseable.
+    if isinstance(value, list | tuple | set | frozenset | Mapping):
+        return json.dumps(
+            value if isinstance(value, Mapping) else list(value),
+            sort_keys=True,
+            default=str,
+            ensure_ascii=False,
+        )
+    return "null" if value is None else value
+
+
+#: plain lines: these keys first, the rest sorted
+_PLAIN = structlog.processors.LogfmtRenderer(
+    sort_keys=True,
+    key_order=["ts", "level", "logger_name", "event"],
+    drop_missing=True,
+    bool_as_flag=False,
+)
+
+
+def _pairs(event_dict: Mapping[str, Any], renderer: Processor = _LOGFMT) -> str:
+    return str(renderer(None, "", {k: _logfmt_value(v) for k, v in event_dict.items()}))
+
+
+def _pop_trailer(event_dict: EventDict) -> list[str]:
+    """The stack and traceback: they follow the line on lines of their own (logfmt would
+    escape their newlines)."""
+    return [str(event_dict.pop(k)) for k in _TRAILERS if k in event_dict]
+
+
+def _plain(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+    """Final processor of the plain target: one logfmt line, then any traceback."""
+    trailer = _pop_trailer(event_dict)
+    return "\n".join([_pairs(event_dict, _PLAIN), *trailer])
 
 
 def _priority(method: str, event_dict: Mapping[str, Any]) -> int:
@@ -157,24 +176,10 @@ def _priority(method: str, event_dict: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One rendered entry: the native-protocol datagram, and a line for stderr if that fails."""
+    """One rendered entry: its fields, and a line for stderr if the journal cannot be reached."""
 
-    datagram: bytes
+    fields: tuple[tuple[str, str], ...]
     fallback: str
-
-
-def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
-    """The journal's native protocol: ``KEY=VALUE\\n``, or for a value holding a newline
-    ``KEY\\n<64-bit little-endian length><value>\\n``."""
-    out = bytearray()
-    for key, value in fields:
-        name = key.encode("ascii")
-        data = value.encode("utf-8", "replace")
-        if b"\n" in data:
-            out += name + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-        else:
-            out += name + b"=" + data + b"\n"
-    return bytes(out)
 
 
 class JournalRenderer:
@@ -191,7 +196,7 @@ class JournalRenderer:
         priority = _priority(method, event_dict)
         level = str(event_dict.pop("level", method))
         event = str(event_dict.pop("event", ""))
-        trailer = [str(event_dict.pop(k)) for k in ("stack", "exception") if k in event_dict]
+        trailer = _pop_trailer(event_dict)
         code = [(_CALLSITE[k], str(event_dict.pop(k))) for k in _CALLSITE if k in event_dict]
         logger = event_dict.pop("logger_name", None)
         message = " ".join(filter(None, (event, _pairs(event_dict))))
@@ -207,21 +212,7 @@ class JournalRenderer:
             fields.append((FIELD_PREFIX + "LOGGER", str(logger)))
         fields += [(field_name(k), _field_value(v)) for k, v in event_dict.items()]
         head = f"<{priority}>" if self._prefix_fallback else f"{level} "
-        return (JournalEntry(encode_fields(fields), head + message),), {}
-
-
-class PlainRenderer:
-    """Final processor: ``ts=... level=... logger_name=... event=... k=v ...`` (rest sorted)."""
-
-    def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
-        head = [
-            f"{k}={_text_value(event_dict.pop(k))}"
-            for k in ("ts", "level", "logger_name", "event")
-            if k in event_dict
-        ]
-        trailer = [str(event_dict.pop(k)) for k in ("stack", "exception") if k in event_dict]
-        line = " ".join(filter(None, (" ".join(head), _pairs(event_dict))))
-        return "\n".join([line, *trailer])
+        return (JournalEntry(tuple(fields), head + message),), {}
 
 
 # --- sinks (the wrapped loggers) ----------------------------------------------------------
@@ -236,9 +227,6 @@ class _Sink:
         self.msg(message)
 
     info = warning = warn = error = critical = exception = fatal = log = debug
-
-    def close(self) -> None:
-        pass
 
 
 class StreamSink(_Sink):
@@ -256,51 +244,18 @@ class StreamSink(_Sink):
 
 
 class JournalSink(_Sink):
-    """Sends :class:`JournalEntry` datagrams to the journal socket; stderr if that fails."""
+    """Hands :class:`JournalEntry` fields to the journal; stderr if that fails."""
 
-    def __init__(self, socket_path: str, fallback: StreamSink) -> None:
-        self._address = socket_path
+    def __init__(self, fallback: StreamSink) -> None:
         self._fallback = fallback
-        self._sock: socket.socket | None = None
-        with contextlib.suppress(OSError):
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.settimeout(_SEND_TIMEOUT)
 
     def msg(self, message: Any) -> None:
         entry = cast(JournalEntry, message)
+        # sendv, not send(): send() would fill in CODE_* from its caller, i.e. from here.
         try:
-            self._send(entry.datagram)
-        except (OSError, ValueError):
+            systemd.journal.sendv(*(f"{key}={value}" for key, value in entry.fields))
+        except (OSError, ValueError, TypeError):
             self._fallback.msg(entry.fallback)
-
-    def _send(self, data: bytes) -> None:
-        if self._sock is None:
-            raise OSError(errno.EBADF, "no journal socket")
-        try:
-            self._sock.sendto(data, self._address)
-        except OSError as exc:
-            if exc.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
-                raise
-            self._send_memfd(data)
-
-    def _send_memfd(self, data: bytes) -> None:
-        assert self._sock is not None
-        fd = os.memfd_create("provhad-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            # journald accepts a memfd from an unprivileged sender only when it is sealed.
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _MEMFD_SEALS)
-            # Not socket.send_fds(): before Python 3.12 it drops the address argument.
-            rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))
-            self._sock.sendmsg([], [rights], 0, self._address)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -330,7 +285,7 @@ def resolve_target(
     target: str,
     *,
     stream: TextIO | None = None,
-    journal_socket: str = "/run/systemd/journal/socket",
+    journal_socket: str = JOURNAL_SOCKET,
     environ: Mapping[str, str] | None = None,
 ) -> str:
     """The concrete target for ``target``; "auto" picks journal under systemd (stderr is the
@@ -416,7 +371,6 @@ def configure(
     *,
     target: str = "auto",
     level: str = "info",
-    journal_socket: str = "/run/systemd/journal/socket",
     stream: TextIO | None = None,
 ) -> None:
     """Set up structlog and the stdlib root logger for the whole process; may be called
@@ -427,12 +381,11 @@ def configure(
     loggers (libraries such as aiomqtt and asyncio) get the same level filter, fields,
     masking and output as structlog's own entries.
     """
-    global _current_sink
     try:
         min_level = _LEVELS[level.lower()]
     except KeyError:
         raise ValueError(f"unknown log level {level!r} (one of {', '.join(_LEVELS)})") from None
-    chosen = resolve_target(target, stream=stream, journal_socket=journal_socket)
+    chosen = resolve_target(target, stream=stream)
     lines = StreamSink(stream)
     common: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -443,7 +396,7 @@ def configure(
     sink: _Sink
     processors: list[Processor]
     if chosen == "journal":
-        sink = JournalSink(journal_socket, lines)
+        sink = JournalSink(lines)
         processors = [
             *common,
             structlog.processors.format_exc_info,
@@ -471,10 +424,8 @@ def configure(
             *common,
             structlog.processors.format_exc_info,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-            PlainRenderer(),
+            _plain,
         ]
-    with _sink_lock:
-        previous, _current_sink = _current_sink, sink
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(min_level),
@@ -484,8 +435,6 @@ def configure(
         cache_logger_on_first_use=False,
     )
     _route_stdlib(processors, sink, min_level)
-    if previous is not None:
-        previous.close()
 
 
 def get(name: str = "provhad") -> FilteringBoundLogger:

@@ -1,68 +1,63 @@
 """sd_notify(3) messages to systemd and a watchdog fed only while the main loop makes progress.
 
-The sender is our own AF_UNIX datagram client rather than ``systemd.daemon.notify()``: that one
-only reads ``$NOTIFY_SOCKET`` from the environment, so it cannot be pointed at a test socket,
-and it costs a C call per message for what is one ``sendto``. The protocol is one datagram of
-``KEY=VALUE`` lines; a leading ``@`` names a socket in the abstract namespace. The kernel adds
-the sender's credentials itself because systemd's socket has ``SO_PASSCRED`` set.
+The messages go through ``systemd.daemon.notify`` (libsystemd's sd_notify), which reads
+``$NOTIFY_SOCKET`` at each call: systemd sets it for the service; tests set it to a socket of
+their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 
+import systemd.daemon
+
 from provhad import log
 
-# A stalled systemd must not hang the event loop (and so everything else) for long.
-_SEND_TIMEOUT = 1.0
-
 _log = log.get("provhad.notify")
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, the clock of systemd's MONOTONIC_USEC (and of
+    ActiveEnterTimestampMonotonic): one clock for the whole host."""
+    return time.monotonic_ns() // 1000
 
 
 class Notifier:
     """sd_notify(3) messages to $NOTIFY_SOCKET; a no-op without one."""
 
-    def __init__(self, socket_path: str | None = None) -> None:
-        path = os.environ.get("NOTIFY_SOCKET") if socket_path is None else socket_path
-        self._address: bytes | None = None
-        if path and path[0] in "/@":
-            raw = os.fsencode(path)
-            self._address = b"\0" + raw[1:] if path[0] == "@" else raw
-        elif path:
-            # libsystemd refuses anything else too (vsock: addresses are for VMs, not us).
-            _log.debug("notify_socket_unsupported", socket=path)
-        self.enabled: bool = self._address is not None
+    def __init__(self) -> None:
+        self.enabled: bool = bool(os.environ.get("NOTIFY_SOCKET"))
 
     def send(self, *lines: str) -> bool:
-        """Send ``KEY=VALUE`` lines as one datagram. True if it was sent; never raises."""
-        if self._address is None or not lines:
+        """Send ``KEY=VALUE`` lines as one message. True if it was sent; never raises."""
+        if not self.enabled or not lines:
             return False
         if any("\n" in line or "=" not in line for line in lines):
             # A newline inside a line would smuggle in another field.
             _log.debug("notify_bad_line", lines=list(lines))
             return False
-        data = "\n".join(lines).encode("utf-8", "replace")
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.settimeout(_SEND_TIMEOUT)
-                sock.sendto(data, self._address)
-        except OSError as exc:
+            sent = bool(systemd.daemon.notify("\n".join(lines)))
+        except (OSError, ValueError) as exc:  # e.g. an unsupported $NOTIFY_SOCKET
             _log.debug("notify_failed", error=str(exc), lines=list(lines))
             return False
-        return True
+        if not sent:
+            _log.debug("notify_failed", error="no $NOTIFY_SOCKET", lines=list(lines))
+        return sent
 
     def ready(self, status: str | None = None) -> None:
         """Startup or reload finished."""
         self.send("READY=1", *self._status_line(status))
 
-    def reloading(self) -> None:
-        """A reload started; follow with :meth:`ready` when it is done."""
+    def reloading(self, usec: int | None = None) -> None:
+        """A reload started (at ``usec`` on CLOCK_MONOTONIC, default now); follow with
+        :meth:`ready` when it is done."""
         # MONOTONIC_USEC is required by Type=notify-reload (systemd >= 253), ignored before.
-        self.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        stamp = monotonic_usec() if usec is None else usec
+        self.send("RELOADING=1", f"MONOTONIC_USEC={stamp}")
 
     def stopping(self, status: str | None = None) -> None:
         """Shutdown started."""

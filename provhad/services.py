@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,3 +102,83 @@ async def reload(cfg: Config, service: str) -> Outcome:
         "kea6": cfg.services.kea_restart_command,
     }.get(service, ())
     return await run(command, cfg.services.timeout)
+
+
+# --- asking systemd about units (provhad check, provhad status) ----------------------------------
+
+_SHOW = ("LoadState", "ActiveState", "SubState", "ActiveEnterTimestampMonotonic")
+_RUNNING = frozenset({"active", "reloading"})
+
+
+class SystemdError(Exception):
+    """systemd could not be asked (no systemctl, no systemd as PID 1, a timeout)."""
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """What systemd says about one unit."""
+
+    unit: str
+    load: str
+    active: str
+    sub: str
+    #: seconds since the unit last entered "active"; None when it never did (this boot)
+    active_for: float | None
+
+    @property
+    def running(self) -> bool:
+        return self.active in _RUNNING
+
+    def describe(self) -> str:
+        """``dhcpd.service failed (failed)``, ``x.service not found``, ``y.service active``."""
+        if self.load not in ("loaded", ""):
+            return f"{self.unit} {self.load}"  # not-found, masked, bad-setting, error
+        sub = f" ({self.sub})" if self.sub and self.sub != self.active else ""
+        return f"{self.unit} {self.active}{sub}"
+
+
+def unit_of(command: Sequence[str]) -> str | None:
+    """The unit a ``systemctl VERB [OPTIONS] UNIT`` command acts on; None for anything else."""
+    if len(command) < 3 or os.path.basename(command[0]) != "systemctl":
+        return None
+    unit = command[-1]
+    return None if unit.startswith("-") else unit
+
+
+def parse_show(units: Sequence[str], text: str, now_usec: int) -> list[UnitState]:
+    """``systemctl show --property=...`` output for ``units`` (blocks in the same order,
+    separated by empty lines); ``now_usec`` is CLOCK_MONOTONIC when it was taken."""
+    blocks = text.strip("\n").split("\n\n") if text.strip() else []
+    if len(blocks) != len(units):
+        raise SystemdError(f"systemctl show answered {len(blocks)} blocks for {len(units)} units")
+    out = []
+    for unit, block in zip(units, blocks, strict=True):
+        props = dict(line.partition("=")[::2] for line in block.splitlines())
+        try:
+            entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
+        except ValueError:
+            entered = 0
+        out.append(
+            UnitState(
+                unit,
+                props.get("LoadState", ""),
+                props.get("ActiveState", ""),
+                props.get("SubState", ""),
+                max(0.0, (now_usec - entered) / 1e6) if entered else None,
+            )
+        )
+    return out
+
+
+async def unit_states(units: Sequence[str], timeout: float) -> list[UnitState]:
+    """What systemd says about ``units``: one ``systemctl show`` (unprivileged, read-only),
+    killed after ``timeout`` seconds. Raises SystemdError when systemd cannot be asked."""
+    if not units:
+        return []
+    outcome = await run(
+        ["systemctl", "show", "--property=" + ",".join(_SHOW), "--", *units], timeout
+    )
+    now_usec = time.monotonic_ns() // 1000
+    if not outcome.ok:
+        raise SystemdError(f"systemctl show: {outcome.describe()}")
+    return parse_show(units, outcome.output, now_usec)

@@ -1,18 +1,24 @@
-"""`provhad check`: state files written by the daemon's own State.save, real live and dead pids."""
+"""`provhad check` and `provhad status`: state files written by the daemon's own State.save,
+real live and dead pids, and a stand-in `systemctl show` (this machine runs no systemd; the
+real-systemd container test asks the real one)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from provhad import check, cli
+from provhad import check, cli, services
 from provhad.config import CheckConfig
+from provhad.services import UnitState
 from provhad.state import State
 from tests.test_cli_render import provhad
 
@@ -60,6 +66,73 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait(timeout=30)
     return proc.pid
+
+
+_SYSTEMCTL = """#!{python}
+# `systemctl show --property=... -- UNIT...` as systemd answers it, from $FAKE_SYSTEMD (JSON:
+# unit -> [ActiveState, SubState, seconds since it became active]); other units: not-found.
+import json, os, sys, time
+with open(os.environ["FAKE_SYSTEMD"] + ".calls", "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+setup = json.load(open(os.environ["FAKE_SYSTEMD"]))
+if setup.get("hang"):
+    time.sleep(3600)
+if setup.get("fail"):
+    sys.exit(setup["fail"])
+assert sys.argv[1:3] == ["show", "--property=LoadState,ActiveState,SubState,"
+                         "ActiveEnterTimestampMonotonic"] and sys.argv[3] == "--", sys.argv
+now = time.monotonic_ns() // 1000
+blocks = []
+for unit in sys.argv[4:]:
+    active, sub, age = setup["units"].get(unit, ["inactive", "dead", None])
+    load = "loaded" if unit in setup["units"] else "not-found"
+    entered = 0 if age is None else now - int(age * 1e6)
+    blocks.append(f"ActiveState={{active}}\\nSubState={{sub}}\\n"
+                  f"ActiveEnterTimestampMonotonic={{entered}}\\nLoadState={{load}}\\n")
+print("\\n".join(blocks), end="")
+"""
+
+
+class FakeSystemd:
+    """What the stand-in systemctl answers, and what it was asked."""
+
+    DAY = 86400.0
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp / "fake-systemd.json"
+        self.setup: dict[str, object] = {
+            "units": {
+                u: ["active", "running", self.DAY]
+                for u in ("dhcpd.service", "named.service", "chrony.service")
+            }
+        }
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.setup))
+
+    def unit(self, name: str, active: str, sub: str, age: float | None = DAY) -> None:
+        units = self.setup["units"]
+        assert isinstance(units, dict)
+        units[name] = [active, sub, age]
+        self.save()
+
+    def calls(self) -> list[str]:
+        calls = self.path.with_name(self.path.name + ".calls")
+        return calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSystemd:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "systemctl"
+    script.write_text(_SYSTEMCTL.format(python=sys.executable))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    fake = FakeSystemd(tmp_path)
+    monkeypatch.setenv("FAKE_SYSTEMD", str(fake.path))
+    return fake
 
 
 def ago(seconds: float) -> str:
@@ -324,3 +397,282 @@ def test_evaluate_is_pure() -> None:
 )
 def test_which_argv_names_provhad(arg: bytes, is_provhad: bool) -> None:
     assert check._names_provhad(arg) is is_provhad
+
+
+# --- the services provhad feeds (issue 13 item 4) ---------------------------------------------
+
+
+def test_the_default_units_are_asked_in_one_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(tmp_path)
+    site.save(healthy(daemon_pid))
+    assert site.check(capsys)[:2] == (0, "OK")
+    assert systemd.calls() == [
+        "show --property=LoadState,ActiveState,SubState,ActiveEnterTimestampMonotonic -- "
+        "dhcpd.service named.service chrony.service"
+    ]
+
+
+def test_dhcpd_down_is_critical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    """The report that started item 4: dhcpd failed at boot, provhad itself fine."""
+    site = Site(tmp_path)
+    site.save(healthy(daemon_pid))
+    systemd.unit("dhcpd.service", "failed", "failed", None)
+    code, _, text, _ = site.check(capsys)
+    assert (code, text) == (2, "dhcpd DOWN: dhcpd.service failed")
+    systemd.unit("dhcpd.service", "activating", "auto-restart", None)
+    assert site.check(capsys)[:3] == (2, "CRITICAL", "dhcpd DOWN: dhcpd.service activating "
+                                      "(auto-restart)")  # fmt: skip
+    systemd.unit("dhcpd.service", "reloading", "reload", 5)
+    assert site.check(capsys)[0] == 0
+
+
+def test_a_missing_dhcpd_unit_is_critical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int
+) -> None:
+    """E.g. Debian's isc-dhcp-server.service configured, dhcpd.service checked."""
+    site = Site(
+        tmp_path, '[dhcpd]\nrestart_command = ["systemctl", "restart", "isc-dhcp-server"]\n'
+    )
+    site.save(healthy(daemon_pid))
+    code, _, text, _ = site.check(capsys)
+    assert (code, text) == (2, "dhcpd DOWN: isc-dhcp-server not-found")
+
+
+def test_other_units_down_are_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(tmp_path, '[check]\nunits = ["auto", "tftp.socket"]\n')
+    site.save(healthy(daemon_pid))
+    systemd.unit("named.service", "inactive", "dead", None)
+    systemd.unit("tftp.socket", "failed", "failed", None)
+    code, _, text, _ = site.check(capsys)
+    assert code == 1
+    assert text == ("named.service inactive (dead), not active; tftp.socket failed, not active")
+    systemd.unit("tftp.socket", "active", "listening", 100)
+    systemd.unit("named.service", "active", "running", 100)
+    assert site.check(capsys)[0] == 0
+
+
+def test_units_are_configurable_and_can_be_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(
+        tmp_path,
+        '[services]\nchrony_reload_command = ["systemctl", "try-restart", "chronyd.service"]\n'
+        '[check]\ndhcpd_unit = "dhcpd6.service"\nunits = ["auto", "chronyd.service", ""]\n',
+    )
+    site.save(healthy(daemon_pid))
+    systemd.unit("dhcpd6.service", "active", "running")
+    systemd.unit("chronyd.service", "active", "running")
+    assert site.check(capsys)[0] == 0
+    assert systemd.calls()[-1].endswith("-- dhcpd6.service named.service chronyd.service")
+    off = Site(tmp_path, '[check]\ndhcpd_unit = ""\nunits = []\n')
+    off.save(healthy(daemon_pid))
+    systemd.setup["fail"] = 1  # asking now would be a problem
+    systemd.save()
+    assert off.check(capsys)[0] == 0
+    assert len(systemd.calls()) == 1
+
+
+def test_units_of_commands_that_are_not_systemctl_are_not_guessed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(
+        tmp_path,
+        '[dhcpd]\nrestart_command = ["/usr/local/bin/restart-dhcpd"]\n'
+        '[services]\nnamed_reload_command = ["rndc", "reload"]\nchrony_reload_command = []\n',
+    )
+    site.save(healthy(daemon_pid))
+    assert site.check(capsys)[0] == 0
+    assert systemd.calls() == []
+    assert services.unit_of(["systemctl", "--no-block", "restart", "x.service"]) == "x.service"
+    assert services.unit_of(["/bin/systemctl", "restart", "--quiet"]) is None
+    assert services.unit_of(["systemctl", "daemon-reload"]) is None
+
+
+@pytest.mark.skipif(os.path.exists("/run/systemd/system"), reason="this host runs systemd")
+def test_without_systemd_the_units_are_a_warning(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    daemon_pid: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real systemctl on a host whose PID 1 is no systemd (like this one)."""
+    monkeypatch.setenv("PATH", os.defpath)
+    site = Site(tmp_path)
+    site.save(healthy(daemon_pid))
+    code, _, text, _ = site.check(capsys)
+    assert code == 1
+    assert text.startswith(
+        "cannot ask systemd about dhcpd.service, named.service, chrony.service: "
+        "systemctl show: exit 1: System has not been booted with systemd"
+    )
+
+
+def test_a_hanging_systemctl_is_killed_in_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(tmp_path)
+    site.save(healthy(daemon_pid))
+    systemd.setup["hang"] = True
+    systemd.save()
+    started = time.monotonic()
+    code, _, text, _ = site.check(capsys)
+    took = time.monotonic() - started
+    assert check.SYSTEMCTL_TIMEOUT <= took < check.SYSTEMCTL_TIMEOUT + 3
+    assert code == 1 and text.endswith("systemctl show: timed out (killed with its process group)")
+
+
+def _restarted(pid: int, at_ago: float, took: float) -> State:
+    return healthy(pid, dhcpd_last_restart_at=ago(at_ago), dhcpd_restart_s=took)
+
+
+def test_dhcpd_up_since_before_our_restart_may_run_an_old_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(tmp_path)
+    # restarted 100 s ago (taking 3 s): dhcpd came up 102 s ago, within that restart
+    site.save(_restarted(daemon_pid, 100, 3.0))
+    systemd.unit("dhcpd.service", "active", "running", 102)
+    assert site.check(capsys)[0] == 0
+    # restarted later by someone else: it reads the live files too
+    systemd.unit("dhcpd.service", "active", "running", 10)
+    assert site.check(capsys)[0] == 0
+    # up for an hour: provhad's restart never reached it
+    systemd.unit("dhcpd.service", "active", "running", 3600)
+    code, _, text, _ = site.check(capsys)
+    assert code == 1
+    assert re.fullmatch(
+        r"dhcpd\.service active since \S+, before provhad restarted it at \S+: it may not run "
+        r"live gen 7",
+        text,
+    ), text
+    # no restart of ours recorded, or the last one failed (reported as such): nothing to compare
+    site.save(healthy(daemon_pid))
+    assert site.check(capsys)[0] == 0
+
+
+def test_parse_show_as_systemd_prints_it() -> None:
+    text = (
+        "ActiveState=active\nSubState=running\nActiveEnterTimestampMonotonic=1000000\n"
+        "LoadState=loaded\n\n"
+        "ActiveState=inactive\nSubState=dead\nActiveEnterTimestampMonotonic=0\n"
+        "LoadState=not-found\n"
+    )
+    assert services.parse_show(["a.service", "b.service"], text, 31_000_000) == [
+        UnitState("a.service", "loaded", "active", "running", 30.0),
+        UnitState("b.service", "not-found", "inactive", "dead", None),
+    ]
+    with pytest.raises(services.SystemdError, match="1 blocks for 2 units"):
+        services.parse_show(["a.service", "b.service"], text.split("\n\n")[0], 0)
+
+
+def test_failed_reloads_are_warnings() -> None:
+    """state.reload_errors (service -> why its last reload failed) once the daemon writes it;
+    a state file without it has none."""
+    now = dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)
+    state = healthy(1, last_success_at="2026-03-29T00:59:00+00:00")
+    limits = CheckConfig()
+    assert check.evaluate(state, limits, now).code == 0
+    setattr(state, "reload_errors", {"named": "exit 1: rndc: connection refused"})  # noqa: B010
+    verdict = check.evaluate(state, limits, now)
+    assert (verdict.code, verdict.text) == (
+        1,
+        "named reload FAILED: exit 1: rndc: connection refused",
+    )
+
+
+def test_long_texts_are_summarised_at_a_word(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int
+) -> None:
+    site = Site(tmp_path)
+    error = "exit 1: Job for dhcpd.service failed because the control process exited " * 4
+    site.save(healthy(daemon_pid, dhcpd_last_restart_ok=False, dhcpd_error=error))
+    code, _, text, _ = site.check(capsys)
+    assert code == 2 and text.endswith("...") and len(text) <= 160
+    assert (text[:-3] + " ") in ("dhcpd restart FAILED: " + error)  # whole words only
+
+
+def test_the_confirm_hint_is_not_repeated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int
+) -> None:
+    site = Site(tmp_path)
+    held = (
+        "shrink guard: hosts would drop from 123 to 0; held back until confirmed with "
+        "`provhad confirm-shrink`"
+    )
+    site.save(healthy(daemon_pid, held_reason=held, last_cycle_ok=False, last_error=held))
+    code, _, text, _ = site.check(capsys)
+    assert code == 2 and text == f"HELD: {held}" and text.count("confirm-shrink") == 1
+
+
+# --- provhad status: LSB-style exit codes (issue 13 item 5) -----------------------------------
+
+
+def _status(site: Site, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = cli.main(["status", "--config", str(site.config), "--root", str(site.root), *args])
+    return code, capsys.readouterr().out
+
+
+def test_status_running_and_healthy_is_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int
+) -> None:
+    site = Site(tmp_path)
+    site.save(healthy(daemon_pid))
+    code, out = _status(site, capsys)
+    assert code == check.STATUS_OK == 0
+    assert f"daemon:              running (pid {daemon_pid})\n" in out
+    assert re.search(r"^health: +OK - live gen 7, 123 hosts, ", out, re.M), out
+    code, out = _status(site, capsys, "--json")
+    assert code == 0 and json.loads(out)["generation"] == 7
+
+
+def test_status_running_with_problems_is_150(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int, systemd: FakeSystemd
+) -> None:
+    site = Site(tmp_path)
+    site.save(healthy(daemon_pid, rejected=["modem 1: bad"]))
+    code, out = _status(site, capsys)
+    assert code == check.STATUS_PROBLEMS == 150
+    assert re.search(r"^health: +WARNING - 1 rejected rows$", out, re.M), out
+    site.save(healthy(daemon_pid))
+    systemd.unit("dhcpd.service", "failed", "failed", None)
+    code, out = _status(site, capsys)
+    assert code == 150 and "CRITICAL - dhcpd DOWN: dhcpd.service failed" in out
+    assert _status(site, capsys, "--json")[0] == 150
+
+
+def test_status_stopped_is_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dead_pid: int
+) -> None:
+    site = Site(tmp_path)
+    site.save(healthy(dead_pid, status="stopped"))
+    code, out = _status(site, capsys)
+    assert code == check.STATUS_STOPPED == 3
+    assert "daemon:              not running: stopped (state file says so)" in out
+    assert _status(site, capsys, "--json")[0] == 3
+
+
+def test_status_dead_while_the_state_file_says_running_is_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dead_pid: int, other_pid: int
+) -> None:
+    site = Site(tmp_path)
+    site.save(healthy(dead_pid))
+    code, out = _status(site, capsys)
+    assert code == check.STATUS_DEAD == 1
+    assert f"not running: pid {dead_pid} is gone" in out
+    site.save(healthy(other_pid))  # the pid was reused after a crash
+    assert _status(site, capsys)[0] == 1
+
+
+def test_status_without_state_file_is_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = Site(tmp_path)
+    assert _status(site, capsys)[0] == check.STATUS_UNKNOWN == 4
+    assert _status(site, capsys, "--json")[0] == 4
+    site.state_dir.mkdir(parents=True)
+    (site.state_dir / "state.json").write_text("{")
+    assert _status(site, capsys)[0] == 4

@@ -1,4 +1,5 @@
-"""sd_notify datagrams and the progress-gated watchdog, against real AF_UNIX sockets."""
+"""sd_notify messages (systemd.daemon.notify, i.e. libsystemd) and the progress-gated watchdog,
+against real AF_UNIX sockets named by $NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -12,18 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from provhad.notify import Notifier, Watchdog, watchdog_interval
+from provhad.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 
 TIMEOUT = 5.0
 
 
 @pytest.fixture
-def listener(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    """A bound datagram socket standing in for systemd's notify socket."""
+def listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, socket.socket]]:
+    """A bound datagram socket standing in for systemd's notify socket, in $NOTIFY_SOCKET."""
     path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
         sock.settimeout(TIMEOUT)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
         yield path, sock
 
 
@@ -54,8 +58,8 @@ async def areceived(sock: socket.socket) -> bytes:
 
 
 def test_ready_status_stopping_extend_watchdog(listener: tuple[str, socket.socket]) -> None:
-    path, sock = listener
-    n = Notifier(path)
+    _path, sock = listener
+    n = Notifier()
     assert n.enabled
     n.ready()
     assert received(sock) == b"READY=1"
@@ -79,32 +83,40 @@ def test_ready_status_stopping_extend_watchdog(listener: tuple[str, socket.socke
 
 
 def test_reloading_carries_monotonic_usec(listener: tuple[str, socket.socket]) -> None:
-    path, sock = listener
+    _path, sock = listener
     before = time.monotonic_ns() // 1000
-    Notifier(path).reloading()
-    after = time.monotonic_ns() // 1000
+    Notifier().reloading()
+    after = monotonic_usec()
     first, second = received(sock).split(b"\n")
     assert first == b"RELOADING=1"
     key, _, value = second.partition(b"=")
     assert key == b"MONOTONIC_USEC"
     assert before <= int(value) <= after
+    # the daemon passes the stamp it also writes to the state file (provhad reload waits on it)
+    Notifier().reloading(1234567)
+    assert received(sock) == b"RELOADING=1\nMONOTONIC_USEC=1234567"
 
 
-def test_socket_from_environment(
-    listener: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+def test_the_socket_is_read_from_the_environment_at_each_message(
+    listener: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    path, sock = listener
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    Notifier().ready()
-    assert received(sock) == b"READY=1"
+    _path, sock = listener
+    n = Notifier()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+        other.bind(str(tmp_path / "other.sock"))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "other.sock"))
+        n.ready()
+        assert other.recv(65536) == b"READY=1"
+    assert pending(sock) == []
 
 
-def test_abstract_socket() -> None:
+def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"provhad-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
         sock.settimeout(TIMEOUT)
-        n = Notifier("@" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        n = Notifier()
         n.ready("up")
         assert received(sock) == b"READY=1\nSTATUS=up"
 
@@ -120,12 +132,13 @@ def test_without_socket_nothing_happens(monkeypatch: pytest.MonkeyPatch) -> None
     n.stopping()
     n.extend_timeout(1)
     n.watchdog()
-    assert not Notifier("").enabled
-    assert not Notifier("relative/path").enabled
+    monkeypatch.setenv("NOTIFY_SOCKET", "")
+    assert not Notifier().enabled
 
 
-def test_unreachable_socket_does_not_raise(tmp_path: Path) -> None:
-    missing = Notifier(str(tmp_path / "missing.sock"))
+def test_unreachable_socket_does_not_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "missing.sock"))
+    missing = Notifier()
     assert missing.enabled
     assert not missing.send("READY=1")
     missing.ready()
@@ -133,12 +146,16 @@ def test_unreachable_socket_does_not_raise(tmp_path: Path) -> None:
     stale = str(tmp_path / "stale.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(stale)
-    assert not Notifier(stale).send("WATCHDOG=1")
+    monkeypatch.setenv("NOTIFY_SOCKET", stale)
+    assert not Notifier().send("WATCHDOG=1")
+    # libsystemd refuses what is neither a path nor an abstract name (nor vsock:)
+    monkeypatch.setenv("NOTIFY_SOCKET", "relative/path")
+    assert not Notifier().send("READY=1")
 
 
 def test_bad_lines_are_refused(listener: tuple[str, socket.socket]) -> None:
-    path, sock = listener
-    n = Notifier(path)
+    _path, sock = listener
+    n = Notifier()
     assert not n.send("STATUS=a\nREADY=1")
     assert not n.send("READY")
     assert not n.send()
@@ -203,7 +220,7 @@ class FakeClock:
 
 def test_healthy_until_stale() -> None:
     clock = FakeClock()
-    wd = Watchdog(Notifier(""), interval=1, stale_after=10, clock=clock)
+    wd = Watchdog(Notifier(), interval=1, stale_after=10, clock=clock)
     assert wd.healthy()  # creation counts as the first beat
     clock.now += 10
     assert wd.healthy()
@@ -215,17 +232,17 @@ def test_healthy_until_stale() -> None:
 
 def test_watchdog_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
-        Watchdog(Notifier(""), interval=0, stale_after=1)
+        Watchdog(Notifier(), interval=0, stale_after=1)
     with pytest.raises(ValueError):
-        Watchdog(Notifier(""), interval=1, stale_after=-1)
+        Watchdog(Notifier(), interval=1, stale_after=-1)
 
 
 async def test_watchdog_is_fed_only_while_the_main_loop_progresses(
     listener: tuple[str, socket.socket],
 ) -> None:
-    path, sock = listener
+    _path, sock = listener
     clock = FakeClock()
-    wd = Watchdog(Notifier(path), interval=0.001, stale_after=10, clock=clock)
+    wd = Watchdog(Notifier(), interval=0.001, stale_after=10, clock=clock)
     steps: asyncio.Queue[None] = asyncio.Queue()
     done: asyncio.Queue[None] = asyncio.Queue()
 
