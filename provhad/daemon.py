@@ -26,7 +26,7 @@ from typing import Any
 from provhad import config, cycle, db, delta, generations, log, services
 from provhad.config import Config
 from provhad.hook import Hook
-from provhad.notify import Notifier, Watchdog, watchdog_interval
+from provhad.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from provhad.render import CHRONY, DHCPD, KEA6, NAMED
 from provhad.report import Reporter
 from provhad.scheduler import FULL_READ, Debounce, Scheduler, Trigger, poll_pause
@@ -421,6 +421,10 @@ class Daemon:
                 (self.log.info if outcome.ok else self.log.error)(
                     "reload", service=service, ok=outcome.ok, result=outcome.describe()
                 )
+                if outcome.ok:
+                    self.state.reload_errors.pop(service, None)
+                else:
+                    self.state.reload_errors[service] = outcome.describe()
 
     async def after_publish(self, result: cycle.Result, kinds: frozenset[str]) -> None:
         await self.reload(result.services)
@@ -437,7 +441,9 @@ class Daemon:
             new = config.load(self.config_path, root=self.root)
         except config.ConfigError as exc:
             self.log.error("config_reload_failed", error=str(exc))
+            self.state.reload_error = str(exc)
             return
+        self.state.reload_error = ""
         old = self.cfg
         ignored = [
             f"paths.{f.name}"
@@ -560,10 +566,13 @@ class Daemon:
                     continue
                 hup = any(t.kind == "sighup" for t in batch)
                 if hup:
-                    self.notifier.reloading()
+                    self.state.reload_started_usec = monotonic_usec()
+                    self.notifier.reloading(self.state.reload_started_usec)
                     self.reload_config()
                 await self.run_cycle(batch)
-                self.reporter.report()
+                if hup:
+                    self.state.reload_finished_usec = monotonic_usec()
+                self.reporter.report()  # the state file `provhad reload` waits for
                 if hup:
                     self.notifier.ready(self.state.status)
                 self._check_tasks()

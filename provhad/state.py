@@ -95,6 +95,14 @@ class State:
     omapi_hosts: int = 0
     omapi_last: str = ""
     omapi_fallback: str = ""
+    #: CLOCK_MONOTONIC µs when the last SIGHUP was taken (= RELOADING=1's MONOTONIC_USEC) and
+    #: when its cycle ended (just before READY=1): `provhad reload` waits for the second
+    reload_started_usec: int = 0
+    reload_finished_usec: int = 0
+    #: why the last SIGHUP's configuration was refused ("" when it was taken)
+    reload_error: str = ""
+    #: service (named, chrony, kea6) -> why its last reload failed; dropped when one succeeds
+    reload_errors: dict[str, str] = field(default_factory=dict)
     held_set: str = ""
     held_reason: str = ""
     rollbacks: int = 0

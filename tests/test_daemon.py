@@ -299,7 +299,7 @@ def test_status_command(lab: DaemonLab) -> None:
     lab.wait(lambda m: m.get("READY") == "1")
     assert lab.stop() == 0
     out = provhad("status", "--config", lab.conf)
-    assert out.returncode == 0
+    assert out.returncode == 3  # LSB: not running (it was stopped)
     assert "live generation:     1" in out.stdout and "database:            ok" in out.stdout
     as_json = provhad("status", "--json", "--config", lab.conf)
     data = json.loads(as_json.stdout)
