@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from provhad import cycle, daemon, db
+from provhad import cycle, db, services
 from provhad.daemon import Daemon
 from provhad.render import CHRONY, DHCPD, NAMED
 from provhad.scheduler import Trigger
@@ -144,7 +144,7 @@ async def test_only_services_whose_files_changed_are_reloaded(
         reloaded.append(service)
         return Outcome(True, 0, "")
 
-    monkeypatch.setattr(daemon.services, "reload", reload)
+    monkeypatch.setattr(services, "reload", reload)
     await d.reload({NAMED, DHCPD})
     assert reloaded == [NAMED]
     await d.reload({CHRONY})
@@ -163,9 +163,9 @@ async def test_a_full_read_drops_the_tftp_cache(
     def facts(cfg: Any, snap: Any, tftp: dict[str, Any]) -> None:
         seen.append(bool(tftp))
 
-    monkeypatch.setattr(daemon.db, "read_snapshot", snapshot)
-    monkeypatch.setattr(daemon.cycle, "gather_facts", facts)
-    monkeypatch.setattr(daemon.cycle, "apply", lambda *a: cycle.Result(ok=True))
+    monkeypatch.setattr(db, "read_snapshot", snapshot)
+    monkeypatch.setattr(cycle, "gather_facts", facts)
+    monkeypatch.setattr(cycle, "apply", lambda *a: cycle.Result(ok=True))
     d.tftp["cm-1.conf"] = ((1, 2, 3, 4), True)
     result = await d._cycle(frozenset({kind}), kind)
     assert result.ok and seen == [kept]

@@ -67,3 +67,11 @@ def test_a_failed_cycle_rearms_the_dst_timer() -> None:
     assert [t.kind for t in s.due()] == ["dst"]
     s.cycle_done(frozenset({"dst"}), ok=False)
     assert s.dst_due is not None  # the next change, in autumn
+
+
+def test_a_good_retry_is_a_full_read_and_restarts_the_periodic_count() -> None:
+    clock = Clock()
+    s = Scheduler("UTC", clock, wall=lambda: dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
+    clock.now += 100
+    s.cycle_done(frozenset({"retry"}), ok=True)
+    assert s.periodic_due == clock.now + s.interval

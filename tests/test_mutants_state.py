@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from provhad import state as state_mod
 from provhad.state import STATE_FILE, DhcpdFiles, State, write_durably
 
 
@@ -31,8 +30,8 @@ def test_write_durably_fsyncs_the_data_then_renames_then_fsyncs_the_directory(
         calls.append(("replace", f"{os.fspath(src)} -> {os.fspath(dst)}"))
         real_replace(src, dst)
 
-    monkeypatch.setattr(state_mod.os, "fsync", fsync)
-    monkeypatch.setattr(state_mod.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     write_durably(target, b"new")
     tmp = tmp_path / ".state.json.tmp"
     assert calls == [
