@@ -48,3 +48,13 @@ async def test_a_restart_is_slow_beyond_half_its_timeout(took: float, slow: bool
     fake.restart_takes = took
     await sup.step()
     assert ("restart_slow" in log.names()) is slow
+
+
+async def test_a_good_restart_after_a_rollback_is_counted_and_paced_as_a_success() -> None:
+    sup, fake, clock, _log, _ = make(min_interval=0.0)
+    await sup.step()  # dhcpd comes up with set-1
+    fake.publish("set-2")
+    fake.outcomes = [FAIL, Outcome(True, 0, "")]
+    await sup.step()
+    assert fake.rollbacks == 1 and sup.state.rollbacks == 1
+    assert sup.not_before == clock.now  # no backoff: dhcpd runs
