@@ -84,3 +84,7 @@ def test_report_writes_the_state_file_and_tells_mqtts_state(tmp_path: Path) -> N
     link.connected = True
     reporter.report()
     assert link.sent[-1]["mqtt"] == "ok" and link.sent[-1]["node"] == "slave1"
+
+
+def test_summarise_with_its_dots_stays_within_the_limit() -> None:
+    assert summarise("aaaa bbbb cccc dddd eeee", 20) == "aaaa bbbb cccc..."
