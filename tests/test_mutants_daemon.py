@@ -1,0 +1,213 @@
+"""The daemon's wiring without servers: bursts, timers joining a cycle, what a cycle's outcome
+records, the poller's reactions and which services are reloaded (mutants of provhad/daemon.py
+that the lab tests in tests/test_daemon.py do not notice, or notice only in minutes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from provhad import cycle, db, services
+from provhad.daemon import Daemon
+from provhad.render import CHRONY, DHCPD, NAMED
+from provhad.scheduler import Trigger
+from provhad.services import Outcome
+
+
+@pytest.fixture
+def d(tmp_path: Path) -> Daemon:
+    """A daemon as configured by an operator (defaults), nothing started."""
+    conf = tmp_path / "provhad.toml"
+    conf.write_text(
+        f"""
+[database]
+hosts = ["127.0.0.1:9"]
+user = "ro"
+password = "pw"
+name = "nmsprime"
+
+[provha]
+own_state = "slave"
+
+[paths]
+root = "{tmp_path / "root"}"
+
+[render]
+fqdn = "nmsslave.nmsprime.test"
+"""
+    )
+    return Daemon(str(conf))
+
+
+class Steps:
+    """A clock that returns the given times in turn, then the last one."""
+
+    def __init__(self, *times: float) -> None:
+        self.times: Iterator[float] = iter(times)
+        self.last = times[-1]
+
+    def __call__(self) -> float:
+        self.last = next(self.times, self.last)
+        return self.last
+
+
+def quiet_timers(d: Daemon, clock: Any) -> None:
+    d.scheduler.clock = clock
+    d.scheduler.periodic_due, d.scheduler.retry_due, d.scheduler.dst_due = 100.0, None, None
+
+
+async def test_a_burst_queued_at_once_is_one_cycle(d: Daemon) -> None:
+    quiet_timers(d, Steps(0.0))
+    for n in range(3):
+        d.want("poll", f"change {n}")
+    batch = await d.collect()
+    assert [t.detail for t in batch] == ["change 0", "change 1", "change 2"]
+
+
+async def test_a_timer_that_fires_during_the_burst_joins_it(d: Daemon) -> None:
+    quiet_timers(d, Steps(0.0, 1000.0))  # due before the burst, then during it
+    d.want("poll", "modem")
+    batch = await d.collect()
+    assert [t.kind for t in batch] == ["poll", "periodic"]
+
+
+async def test_every_due_timer_is_kept(d: Daemon) -> None:
+    quiet_timers(d, Steps(0.0))
+    d.scheduler.periodic_due = d.scheduler.retry_due = 0.0
+    assert await d.next_trigger() == Trigger("periodic")
+    assert d.triggers.get_nowait().kind == "retry"
+
+
+def fake_model(interval: int = 3600) -> Any:
+    return SimpleNamespace(
+        ha=SimpleNamespace(rebuild_interval=interval), counts=lambda: {"modems": 1}, rejects=()
+    )
+
+
+def test_a_good_cycle_records_success_and_clears_the_hold(d: Daemon) -> None:
+    d.state.held_set, d.state.held_reason = "old", "dhcpd refused it"
+    d.record(cycle.Result(ok=True, services={DHCPD}, set_hash="new", generation=4), "poll", 1.0)
+    s = d.state
+    assert (s.held_set, s.held_reason, s.generation) == ("", "", 4)
+    assert s.last_success_at and s.last_success_at == s.last_cycle_at
+    assert d.supervisor.published_set == "new"
+
+
+def test_a_set_that_does_not_touch_dhcpd_is_not_dhcpds_published_set(d: Daemon) -> None:
+    d.record(cycle.Result(ok=True, services={NAMED}, set_hash="named-only"), "poll", 1.0)
+    assert d.supervisor.published_set == ""
+
+
+async def test_the_cycle_outcome_drives_the_scheduler(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = [cycle.Result(ok=True, model=fake_model(7200)), cycle.Result(error="boom")]
+
+    async def one(kinds: frozenset[str], trigger: str) -> cycle.Result:
+        return outcomes.pop(0)
+
+    async def nothing(result: cycle.Result, kinds: frozenset[str]) -> None:
+        return None
+
+    monkeypatch.setattr(d, "_cycle", one)
+    monkeypatch.setattr(d, "after_publish", nothing)
+    await d.run_cycle([Trigger("periodic")])
+    assert d.scheduler.interval == 7200
+    await d.run_cycle([Trigger("poll")])
+    assert d.scheduler.failures == d.state.failures == 1
+    assert d.scheduler.retry_due is not None
+
+
+async def test_startup_measures_dhcpd_even_when_nothing_changed(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured: list[int] = []
+
+    async def measure() -> None:
+        measured.append(1)
+
+    monkeypatch.setattr(d.supervisor, "measure", measure)
+    await d.after_publish(cycle.Result(ok=True), frozenset({"startup"}))
+    assert measured == [1] and d.supervisor.wake.is_set()
+
+
+async def test_only_services_whose_files_changed_are_reloaded(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reloaded: list[str] = []
+
+    async def reload(cfg: Any, service: str) -> Outcome:
+        reloaded.append(service)
+        return Outcome(True, 0, "")
+
+    monkeypatch.setattr(services, "reload", reload)
+    await d.reload({NAMED, DHCPD})
+    assert reloaded == [NAMED]
+    await d.reload({CHRONY})
+    assert reloaded == [NAMED, CHRONY]
+
+
+@pytest.mark.parametrize(("kind", "kept"), [("periodic", False), ("poll", True)])
+async def test_a_full_read_drops_the_tftp_cache(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch, kind: str, kept: bool
+) -> None:
+    async def snapshot(*args: Any, **kwargs: Any) -> Any:
+        return SimpleNamespace(node="db1")
+
+    seen: list[bool] = []
+
+    def facts(cfg: Any, snap: Any, tftp: dict[str, Any]) -> None:
+        seen.append(bool(tftp))
+
+    monkeypatch.setattr(db, "read_snapshot", snapshot)
+    monkeypatch.setattr(cycle, "gather_facts", facts)
+    monkeypatch.setattr(cycle, "apply", lambda *a: cycle.Result(ok=True))
+    d.tftp["cm-1.conf"] = ((1, 2, 3, 4), True)
+    result = await d._cycle(frozenset({kind}), kind)
+    assert result.ok and seen == [kept]
+
+
+class FakeWatcher:
+    def __init__(self) -> None:
+        self.node = "db1:3306"
+        self.answers: list[list[str] | Exception] = []
+
+    async def changed(self) -> list[str]:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_poller_reports_an_outage_and_retries_a_failed_cycle_when_back(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = FakeWatcher()
+    monkeypatch.setattr(d.poller, "watcher", watcher)
+    reports: list[str] = []
+    monkeypatch.setattr(d.reporter, "report", lambda: reports.append(d.state.db_error))
+    d.state.db_ok, d.state.db_node, d.state.last_cycle_ok = True, "db1:3306", True
+    watcher.answers = [db.DatabaseError("no node"), ["modem"]]
+    assert await d.poller.once() is None
+    assert not d.state.db_ok and reports == ["no node"]
+    d.state.last_cycle_ok = False  # the cycle during the outage failed
+    assert await d.poller.once() is not None
+    assert d.state.db_ok and d.state.db_error == ""
+    queued = [d.triggers.get_nowait() for _ in range(d.triggers.qsize())]
+    assert [t.kind for t in queued] == ["retry", "poll"]
+    assert queued[1].detail == "modem"
+
+
+async def test_poller_queues_nothing_when_nothing_changed(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = FakeWatcher()
+    monkeypatch.setattr(d.poller, "watcher", watcher)
+    d.state.db_ok, d.state.db_node, d.state.last_cycle_ok = True, "db1:3306", True
+    watcher.answers = [[]]
+    await d.poller.once()
+    assert d.triggers.empty()

@@ -1,0 +1,60 @@
+"""Tests that kill mutants of provhad/supervisor.py which the other tests let live."""
+
+from __future__ import annotations
+
+import pytest
+
+from provhad.services import Outcome
+from provhad.state import State
+from tests.test_supervisor import FAIL, make
+
+
+async def test_no_files_no_restart_even_after_a_failed_start() -> None:
+    sup, fake, _clock, _log, _ = make(state=State(dhcpd_last_restart_ok=False))
+    fake.live = ""
+    await sup.step()
+    assert fake.restarts == [] and sup.wait() is None
+
+
+async def test_the_backoff_an_operator_sees_after_failed_starts() -> None:
+    sup, fake, clock, _log, _ = make(min_interval=0.0)
+    fake.outcomes = [FAIL, FAIL, FAIL]
+    pauses = []
+    for _ in range(3):
+        clock.now = sup.not_before
+        await sup.step()
+        pauses.append(sup.wait())
+    assert pauses == [5.0, 10.0, 20.0]
+    assert sup.state.dhcpd_failures == 3 and not sup.state.dhcpd_last_restart_ok
+
+
+async def test_an_exception_in_a_restart_is_a_failed_start() -> None:
+    sup, fake, _clock, log, _ = make(min_interval=0.0)
+
+    async def broken(timeout: float) -> Outcome:
+        raise OSError("read-only file system")
+
+    fake.restart = broken  # type: ignore[method-assign]
+    await sup.step()
+    s = sup.state
+    assert not s.dhcpd_last_restart_ok and s.dhcpd_failures == 1
+    assert s.dhcpd_error == "OSError: read-only file system" and sup.wait() == 5.0
+    assert "restart_failed" in log.names()
+
+
+@pytest.mark.parametrize(("took", "slow"), [(44.0, False), (46.0, True)])
+async def test_a_restart_is_slow_beyond_half_its_timeout(took: float, slow: bool) -> None:
+    sup, fake, _clock, log, _ = make(timeout=90.0)
+    fake.restart_takes = took
+    await sup.step()
+    assert ("restart_slow" in log.names()) is slow
+
+
+async def test_a_good_restart_after_a_rollback_is_counted_and_paced_as_a_success() -> None:
+    sup, fake, clock, _log, _ = make(min_interval=0.0)
+    await sup.step()  # dhcpd comes up with set-1
+    fake.publish("set-2")
+    fake.outcomes = [FAIL, Outcome(True, 0, "")]
+    await sup.step()
+    assert fake.rollbacks == 1 and sup.state.rollbacks == 1
+    assert sup.not_before == clock.now  # no backoff: dhcpd runs
