@@ -189,6 +189,8 @@ def test_sigterm_mid_cycle_finishes_the_publish(lab: DaemonLab) -> None:
     assert lab.proc is not None
     lab.proc.send_signal(signal.SIGTERM)  # in the middle of the cycle
     gate.open()
+    # one SIGTERM only (a second one would force the exit): wait for the end
+    assert lab.proc.wait(timeout=60) == 0, lab.output()
     assert lab.stop() == 0
     gate.close()
     assert any(m.get("STOPPING") == "1" for m in lab.notify.messages)
