@@ -175,6 +175,7 @@ class FakeWatcher:
     def __init__(self) -> None:
         self.node = "db1:3306"
         self.answers: list[list[str] | Exception] = []
+        self.hook_changes: list[str] = []
 
     async def changed(self) -> list[str]:
         answer = self.answers.pop(0)
@@ -194,7 +195,7 @@ async def test_poller_reports_an_outage_and_retries_a_failed_cycle_when_back(
     watcher.answers = [db.DatabaseError("no node"), ["modem"]]
     assert await d.poller.once() is None
     assert not d.state.db_ok and reports == ["no node"]
-    d.state.last_cycle_ok = False  # the cycle during the outage failed
+    d.scheduler.cycle_done(frozenset({"poll"}), ok=False)  # a cycle failed in the outage
     assert await d.poller.once() is not None
     assert d.state.db_ok and d.state.db_error == ""
     queued = [d.triggers.get_nowait() for _ in range(d.triggers.qsize())]
