@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from provhad import model
-from provhad.model import Reject
 from tests import rows
 
 
