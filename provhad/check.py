@@ -149,10 +149,12 @@ def evaluate(
     not_running: str | None = None,
     preferred_node: str = "",
     units: Units = Units(),
+    notes: tuple[str, ...] = (),
 ) -> Verdict:
     """The verdict for ``state``. ``not_running`` says why the daemon is not running (None:
     it runs); ``preferred_node`` is the first configured database node; ``units`` what
-    systemd said about dhcpd and the other watched units."""
+    systemd said about dhcpd and the other watched units; ``notes`` facts an operator must
+    keep in mind, appended to an OK text (no alert of their own)."""
     problems: list[tuple[int, str]] = []
 
     def add(level: int, text: str) -> None:
@@ -237,7 +239,7 @@ def evaluate(
         return Verdict(problems[0][0], "; ".join(text for _, text in problems), perfdata)
     gen = f"live gen {state.generation}" if state.generation is not None else "no live set"
     summary = f"{gen}, {_hosts(state)} hosts, {what}, db {state.db_node or '-'}"
-    return Verdict(OK, _clean(summary), perfdata)
+    return Verdict(OK, "; ".join([_clean(summary), *notes]), perfdata)
 
 
 def not_running(state: State) -> str | None:
@@ -347,8 +349,18 @@ def inspect(cfg: Config, now: dt.datetime | None = None) -> Report:
         why,
         preferred_node(cfg),
         ask_units(cfg),
+        notes(cfg),
     )
     return Report(verdict, state, why)
+
+
+#: upstream runs kea-dhcp6 on both nodes without its HA hook (docs/files.md, DHCPv6)
+V6_NOTE = "DHCPv6 has no failover: only the node the CMTS relays v6 to serves it"
+
+
+def notes(cfg: Config) -> tuple[str, ...]:
+    """What the OK text must remind of for this configuration."""
+    return (V6_NOTE,) if cfg.render.dhcpv6 else ()
 
 
 def status_code(report: Report) -> int:

@@ -676,3 +676,20 @@ def test_status_without_state_file_is_4(tmp_path: Path, capsys: pytest.CaptureFi
     site.state_dir.mkdir(parents=True)
     (site.state_dir / "state.json").write_text("{")
     assert _status(site, capsys)[0] == 4
+
+
+def test_dhcpv6_without_failover_is_said_in_the_ok_text() -> None:
+    """Issue 11 item 7: upstream has no v6 failover; an operator reading OK must know."""
+    import dataclasses
+
+    from provhad import check
+    from provhad.config import Config
+
+    cfg = Config()
+    assert check.notes(cfg) == ()
+    on = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, dhcpv6=True))
+    assert check.notes(on) == (check.V6_NOTE,)
+    state = healthy(os.getpid())
+    now = dt.datetime.now(dt.UTC)
+    verdict = check.evaluate(state, cfg.check, now, None, "", check.Units(), check.notes(on))
+    assert verdict.code == check.OK and verdict.text.endswith(check.V6_NOTE)
