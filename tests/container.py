@@ -10,6 +10,7 @@ Run ``python -m tests.container`` to build the cache ahead of a test run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -156,6 +158,60 @@ def _build(root: Path) -> None:
     work.rename(root)
 
 
+#: the veth pair's addresses: the host side runs the proxy, the machine has no other way out
+HOST_ADDRESS, MACHINE_ADDRESS = "10.213.0.1", "10.213.0.2"
+
+
+class Proxy:
+    """A minimal HTTP proxy on the host side of the machine's veth: CONNECT (pip's TLS to
+    PyPI) and absolute-URI requests (apt's http mirror). The machine has a private network
+    and the host neither forwards nor masquerades; a proxy is what a firewalled slave
+    typically has, too."""
+
+    def __init__(self, address: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._client, address, 0))
+        self.port: int = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method == "CONNECT":
+                host, _, port = target.rpartition(":")
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:  # "GET http://host[:port]/path": servers accept the absolute form
+                authority = target.split("/", 3)[2]
+                host, _, port = authority.partition(":")
+                up_reader, up_writer = await asyncio.open_connection(host, int(port or 80))
+                up_writer.write(head)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+
 @dataclass
 class Machine:
     """A booted machine: PID 1's host pid, its root as the host sees it, the boot log."""
@@ -164,6 +220,7 @@ class Machine:
     leader: int
     root: Path
     log: Path
+    proxy: str = ""
 
     def run(
         self,
@@ -180,6 +237,14 @@ class Machine:
             "SYSTEMD_PAGER": "",
             "TERM": "dumb",
         }
+        if self.proxy:
+            # pip trusts its own CA bundle unless told otherwise; the sandbox's TLS needs the
+            # host's (copied in by the caller)
+            env |= {
+                "http_proxy": self.proxy,
+                "https_proxy": self.proxy,
+                "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+            }
         proc = subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", "--", *cmd],
             capture_output=True,
@@ -203,19 +268,26 @@ class Machine:
         ).stdout
 
 
-def _leader(root: Path, nspawn: subprocess.Popen[bytes]) -> int | None:
-    """The host pid of the machine's PID 1: a process whose innermost pid is 1 and whose root
-    directory is the machine's."""
+def _leader(nspawn: subprocess.Popen[bytes]) -> int | None:
+    """The host pid of the machine's PID 1: the descendant of systemd-nspawn whose pid in its
+    own namespace is 1."""
+    parents: dict[int, int] = {}
+    inner: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError):
-            status = (entry / "status").read_text()
-            nspid = next(ln for ln in status.splitlines() if ln.startswith("NSpid:")).split()
-            if len(nspid) > 2 and nspid[-1] == "1" and os.readlink(entry / "root") == str(root):
-                return int(entry.name)
-    if nspawn.poll() is not None:
-        raise ContainerError(f"systemd-nspawn exited {nspawn.returncode} before booting")
+        with contextlib.suppress(OSError, StopIteration):
+            lines = (entry / "status").read_text().splitlines()
+            parents[int(entry.name)] = int(next(ln for ln in lines if ln.startswith("PPid:"))[5:])
+            nspid = next(ln for ln in lines if ln.startswith("NSpid:")).split()
+            if len(nspid) > 2 and nspid[-1] == "1":
+                inner.append(int(entry.name))
+    for pid in inner:
+        ancestor = pid
+        while ancestor > 1:
+            ancestor = parents.get(ancestor, 0)
+            if ancestor == nspawn.pid:
+                return pid
     return None
 
 
@@ -223,12 +295,16 @@ def _leader(root: Path, nspawn: subprocess.Popen[bytes]) -> int | None:
 def booted(
     name: str,
     files: dict[str, Path] | None = None,
+    binds: dict[str, Path] | None = None,
     boot_timeout: float = 90,
 ) -> Iterator[Machine]:
     """Boot a machine on an overlay of the cached root; power it off afterwards.
 
-    ``files`` maps paths inside the machine to host files or directories copied in first.
+    ``files`` maps paths inside the machine to host files or directories copied in first;
+    ``binds`` to host directories bind-mounted (created if missing: caches that outlive it).
     """
+    if len(name) > 12:  # the host's veth is ve-NAME, at most 15 characters
+        raise ValueError(f"machine name too long: {name}")
     lower = rootfs()
     with tempfile.TemporaryDirectory(prefix=f"provhad-{name}-", dir="/var/tmp") as scratch:
         upper, work, merged = (Path(scratch) / d for d in ("upper", "work", "root"))
@@ -254,12 +330,17 @@ def booted(
                     shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
                 else:
                     shutil.copy2(source, target)
-            yield from _boot(name, merged, Path(scratch) / "boot.log", boot_timeout)
+            for source in (binds or {}).values():
+                source.mkdir(parents=True, exist_ok=True)
+            options = [f"--bind={source}:{inside}" for inside, source in (binds or {}).items()]
+            yield from _boot(name, merged, Path(scratch) / "boot.log", boot_timeout, options)
         finally:
             subprocess.run(["umount", "-l", str(merged)], check=False, timeout=30)
 
 
-def _boot(name: str, root: Path, log: Path, boot_timeout: float) -> Iterator[Machine]:
+def _boot(
+    name: str, root: Path, log: Path, boot_timeout: float, options: list[str]
+) -> Iterator[Machine]:
     with open(log, "wb") as out:
         nspawn = subprocess.Popen(
             [
@@ -272,28 +353,53 @@ def _boot(name: str, root: Path, log: Path, boot_timeout: float) -> Iterator[Mac
                 "--register=no",
                 "--keep-unit",
                 "--network-veth",
+                *options,
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    leader = None
     try:
         deadline = time.monotonic() + boot_timeout
-        leader = None
         while leader is None:
+            if nspawn.poll() is not None:
+                raise ContainerError(
+                    f"systemd-nspawn exited {nspawn.returncode} before booting:\n"
+                    + log.read_text(errors="replace")
+                )
             if time.monotonic() > deadline:
                 raise ContainerError(f"no PID 1 within {boot_timeout} s: {log.read_text()}")
-            leader = _leader(root, nspawn)
+            leader = _leader(nspawn)
+            with contextlib.suppress(OSError):
+                # nspawn's inner child has pid 1 a moment before it executes systemd
+                if leader and Path(f"/proc/{leader}/comm").read_text().strip() != "systemd":
+                    leader = None
             if leader is None:
                 time.sleep(0.1)  # polling /proc for a process that has no other signal
         machine = Machine(name, leader, root, log)
-        state = machine.run(
-            "systemctl", "is-system-running", "--wait", check=False, timeout=boot_timeout
-        ).stdout.strip()
+        state = ""
+        while state in ("", "offline") and time.monotonic() < deadline:
+            # empty or offline while PID 1 is still setting up its bus
+            state = machine.run(
+                "systemctl", "is-system-running", "--wait", check=False, timeout=boot_timeout
+            ).stdout.strip()
         if state not in ("running", "degraded"):
             raise ContainerError(f"the machine's systemd is {state!r}:\n{log.read_text()}")
-        yield machine
+        veth = f"ve-{name}"
+        _run(["ip", "addr", "add", f"{HOST_ADDRESS}/30", "dev", veth], timeout=10)
+        _run(["ip", "link", "set", veth, "up"], timeout=10)
+        machine.sh(
+            f"ip addr add {MACHINE_ADDRESS}/30 dev host0 && ip link set host0 up"
+            f" && ip route add default via {HOST_ADDRESS}"
+        )
+        proxy = Proxy(HOST_ADDRESS)
+        try:
+            machine.proxy = f"http://{HOST_ADDRESS}:{proxy.port}"
+            yield machine
+        finally:
+            proxy.close()
     finally:
         if nspawn.poll() is None:
             nspawn.send_signal(signal.SIGTERM)  # nspawn asks PID 1 for a clean shutdown
@@ -302,6 +408,10 @@ def _boot(name: str, root: Path, log: Path, boot_timeout: float) -> Iterator[Mac
             except subprocess.TimeoutExpired:
                 nspawn.kill()
                 nspawn.wait(timeout=30)
+        if leader is not None:
+            # killing PID 1 ends every process of its namespace (nspawn may have died first)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leader, signal.SIGKILL)
 
 
 if __name__ == "__main__":
