@@ -321,9 +321,9 @@ class HALab:
 
         log.conf calls /etc/dhcp-nmsprime/named-ddns.sh and that reads /etc/named-ddns-cpe.key,
         whatever ``[paths] root`` is (provhad renders them without the root): here the first
-        is a recorder that logs its argv and runs the script provhad rendered, the second the
-        lab's key. nsupdate's output goes to /var/log/nmsprime, a lab directory. A fake
-        nsupdate first on dhcpd's PATH records what the script sends to named.
+        is a recorder that logs its argv (and how long it took) and runs the script provhad
+        rendered, the second the lab's key. nsupdate's output goes to /var/log/nmsprime, a lab
+        directory. A fake nsupdate first on dhcpd's PATH records what the script sends.
         Returns the command prefix that mounts the view and dhcpd's environment.
         """
         view = self.tmp / "slave-view"
@@ -331,7 +331,14 @@ class HALab:
         hook = etc / Path(DDNS_SCRIPT).relative_to("/etc")
         hook.parent.mkdir(parents=True, exist_ok=True)
         rendered = self.slave_root / Path(DDNS_SCRIPT).relative_to("/")
-        hook.write_text(f'#!/bin/sh\necho "$*" >> {self.hook_log}\nexec {rendered} "$@"\n')
+        hook.write_text(f"""#!/bin/sh
+echo "$*" >> {self.hook_log}
+start=$(date +%s%N)
+{rendered} "$@"
+rc=$?
+echo "$(( ($(date +%s%N) - start) / 1000000 )) $3" >> {self.hook_log}.ms
+exit $rc
+""")
         hook.chmod(0o755)
         (etc / Path(CPE_KEY).relative_to("/etc")).write_text(self.cpe_key.hex() + "\n")
         # ip netns exec's bind mount of /etc/netns/NS/resolv.conf is under the overlay
@@ -464,6 +471,16 @@ check_interval = 0.3
     def cpe_name(self, mac: str) -> str:
         """The DNS name named-ddns.sh gives a public CPE (the lab's key, provbase's domain)."""
         return f"{mangle(self.cpe_key, mac)}.cpe.{provbase()['domain_name']}."
+
+    def hook_ms(self) -> dict[str, list[int]]:
+        """How long each hook call took (dhcpd waits for it), in ms, for public and private
+        CPE addresses."""
+        out: dict[str, list[int]] = {"public": [], "private": []}
+        path = Path(f"{self.hook_log}.ms")
+        for line in path.read_text().splitlines() if path.exists() else []:
+            ms, addr = line.split()
+            out["public" if addr.startswith(PUBLIC_NET) else "private"].append(int(ms))
+        return out
 
     def nsupdates(self) -> str:
         """What the fake nsupdate received (argv and stdin of each call)."""
