@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from provhad.testbed import MariaDB
-from tests.lab.ha import GI_CM, GI_CPE, GI_MTA, HALab, configfiles, seed
-from tests.lab.netlab import Topology, netns_unavailable
+from tests.lab.ha import GI_CM, GI_CPE, GI_MTA, GI_PUB, HALab, configfiles, seed
+from tests.lab.netlab import Topology, netns_unavailable, overlay_unavailable
 
 MODEMS, MTAS = 16, 6
 
 
 def _missing() -> str | None:
-    why = netns_unavailable()
+    why = netns_unavailable() or overlay_unavailable()
     if why:
         return why
     for prog in ("dhcpd", "in.tftpd"):
@@ -35,7 +35,7 @@ def topology() -> Iterator[Topology]:
     why = _missing()
     if why:
         pytest.skip(why)
-    net = Topology(relay_addresses=[GI_CM, GI_CPE, GI_MTA])
+    net = Topology(relay_addresses=[GI_CM, GI_CPE, GI_MTA, GI_PUB])
     try:
         net.create()
         yield net

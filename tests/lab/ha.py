@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import re
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,17 +18,30 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provhad.config import PathsConfig
 from provhad.testbed import NotifyListener, ScratchDatabase
-from tests.lab.netlab import MASTER_IP, SLAVE_IP, Topology, ip
+from tests.lab.netlab import MASTER_IP, SLAVE_IP, SLAVE_IP6, Topology, ip
 from tests.lab.relay import Client
 from tests.rows import modem, pool, provbase, provha
+from tests.test_kea import KEA, ep6, pool6
 
 REPO = Path(__file__).resolve().parents[2]
 DHCP_DIR = "etc/dhcp-nmsprime"
 CMTS_ID = 1
 #: giaddr per device class, as a CMTS with cable helper-address per class sends them
 GI_CM, GI_CPE, GI_MTA = "10.0.0.1", "100.64.0.1", "100.96.0.1"
-CHANGED_DNS = "192.0.2.53"  # the CPE pool's DNS server after the change in the database
+#: the router of the public CPE pool (same shared network: CPEs of public modems land there)
+GI_PUB = "198.18.0.1"
+PUBLIC_NET = "198.18.0."
+PUBLIC_MODEMS = 2  # the first modems are public (their CPEs get CPEPub addresses)
+POOLS = 4  # v4 pools, each balanced between the peers
+CHANGED_DNS = "192.0.2.53"  # the private CPE pool's DNS server after the change in the database
+#: DHCPv6 (Kea on the slave): one v6 pool and one reserved endpoint on the CMTS
+V6_POOL, V6_ENDPOINT = pool6(11, CMTS_ID, 1), ep6(1, 1, 5)
+#: where dhcpd (log.conf) and the rendered named-ddns.sh look, as on a real node (not under
+#: [paths] root: see HALab.slave_view)
+DDNS_SCRIPT, CPE_KEY = PathsConfig().named_ddns_script, PathsConfig().ddns_cpe_key
+NSUPDATE_LOG_DIR = "/var/log/nmsprime"  # provhad.render's log_file for nsupdate's output
 FAILOVER = re.compile(r"failover peer \S+: I move from (\S+) to (\S+)")
 
 
@@ -85,7 +104,8 @@ def insert(db: ScratchDatabase, table: str, row: dict[str, object]) -> None:
 
 
 def seed(db: ScratchDatabase, modems: int, mtas: int) -> list[Client]:
-    """The lab network: one CMTS with a CM, a CPE and an MTA pool; returns the clients."""
+    """The lab network: one CMTS with a CM, a private and a public CPE, and an MTA pool, a v6
+    pool and a v6 endpoint; the first PUBLIC_MODEMS modems are public. Returns the clients."""
     insert(db, "provha", provha())
     insert(db, "provbase", provbase())
     insert(db, "provvoip", {"id": 1, "mta_domain": "mta.nmsprime.test"})
@@ -93,26 +113,20 @@ def seed(db: ScratchDatabase, modems: int, mtas: int) -> list[Client]:
     no_dns = {"dns1_ip": None}  # the global option (own node first) applies
     for row in (
         pool(1, CMTS_ID, "CM", "10.0.0.0", "/24", "10.0.0.10", "10.0.0.250", GI_CM, **no_dns),
-        pool(
-            2,
-            CMTS_ID,
-            "CPEPriv",
-            "100.64.0.0",
-            "/24",
-            "100.64.0.10",
-            "100.64.0.250",
-            GI_CPE,
-            **no_dns,
-        ),
-        pool(
-            3, CMTS_ID, "MTA", "100.96.0.0", "/24", "100.96.0.10", "100.96.0.250", GI_MTA, **no_dns
-        ),
-    ):
+        pool(2, CMTS_ID, "CPEPriv", "100.64.0.0", "/24", "100.64.0.10", "100.64.0.250", GI_CPE,
+             **no_dns),
+        pool(3, CMTS_ID, "MTA", "100.96.0.0", "/24", "100.96.0.10", "100.96.0.250", GI_MTA,
+             **no_dns),
+        pool(4, CMTS_ID, "CPEPub", "198.18.0.0", "/24", "198.18.0.10", "198.18.0.250", GI_PUB,
+             **no_dns),
+    ):  # fmt: skip
         insert(db, "ippool", row)
+    insert(db, "ippool", V6_POOL | {"version": "6"})
+    insert(db, "endpoint", V6_ENDPOINT | {"version": "6"})
     clients: list[Client] = []
     for i in range(modems):
         cm_mac = f"00:10:18:00:{i // 256:02x}:{i % 256:02x}"
-        insert(db, "modem", modem(100000 + i, cm_mac))
+        insert(db, "modem", modem(100000 + i, cm_mac, public=int(i < PUBLIC_MODEMS)))
         clients.append(Client(f"cm-{100000 + i}", "cm", cm_mac, cm_mac, GI_CM, "docsis3.0"))
         clients.append(
             Client(f"cpe-{i}", "cpe", f"00:e0:4c:01:{i // 256:02x}:{i % 256:02x}", cm_mac, GI_CPE)
@@ -122,6 +136,55 @@ def seed(db: ScratchDatabase, modems: int, mtas: int) -> list[Client]:
             insert(db, "mta", {"id": 300000 + i, "modem_id": 100000 + i, "mac": mta_mac})
             clients.append(Client(f"mta-{300000 + i}", "mta", mta_mac, cm_mac, GI_MTA, "pktc"))
     return clients
+
+
+def is_public(c: Client) -> bool:
+    """Whether the client's lease is from the public CPE pool."""
+    return c.ip is not None and c.ip.startswith(PUBLIC_NET)
+
+
+def mangle(key: bytes, mac: str) -> str:
+    """The host label named-ddns.sh derives from a CPE's MAC (independently restated here)."""
+    digest = hmac.new(key, bytes.fromhex(mac.replace(":", "")), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode()[:6].lower()
+
+
+def kea_main_config(gateways: Path) -> str:
+    """Upstream's dhcp6-nmsprime.conf layout (shared-networks from gateways6.conf), bound to the
+    slave's eth0 address; leases and the server DUID stay in memory (nothing outside tmp)."""
+    head = {
+        "interfaces-config": {"interfaces": [f"eth0/{SLAVE_IP6}"]},
+        "lease-database": {"type": "memfile", "persist": False},
+        "server-id": {"type": "LL", "persist": False},
+    }
+    members = json.dumps(head)[1:-1]
+    return f'{{"Dhcp6": {{{members}, "shared-networks": [ <?include "{gateways}"?> ]}}}}\n'
+
+
+def restart_script(
+    path: Path, pidfile: Path, argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> None:
+    """A script that stops the process in ``pidfile`` (TERM, KILL after 5 s) and starts
+    ``argv`` detached, output to ``log``: what ``systemctl restart`` does on a host."""
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
+    path.write_text(f"""#!/bin/sh
+PF={shlex.quote(str(pidfile))}
+if [ -s "$PF" ]; then
+  pid=$(cat "$PF")
+  kill "$pid" 2>/dev/null
+  i=0
+  while kill -0 "$pid" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -eq 100 ] && kill -9 "$pid"
+    [ $i -gt 200 ] && exit 1
+    sleep 0.05
+  done
+fi
+{exports}echo "=== restart by provhad" >> {shlex.quote(str(log))}
+setsid {shlex.join(argv)} < /dev/null >> {shlex.quote(str(log))} 2>&1 &
+echo $! > "$PF"
+""")
+    path.chmod(0o755)
 
 
 def configfiles(root: Path, clients: list[Client]) -> None:
@@ -176,6 +239,11 @@ class HALab:
     def __post_init__(self) -> None:
         self.master_root = self.tmp / "master"
         self.slave_root = self.tmp / "slave"
+        self.hook_log = self.tmp / "ddns-hook.calls"  # one line per hook call: its argv
+        self.nsupdate_log = self.tmp / "nsupdate.calls"  # argv and stdin of each nsupdate
+        self.kea_log = LogWatch(self.tmp / "slave-kea.log")
+        self.kea = Path(KEA) if Path(KEA).exists() else None
+        self.cpe_key = secrets.token_bytes(32)
         for root in (self.master_root, self.slave_root):
             (root / "var/lib/dhcp").mkdir(parents=True, exist_ok=True)
             (root / "var/lib/dhcp/dhcpd.leases").touch()
@@ -246,38 +314,103 @@ class HALab:
 
     # --- slave ---
 
+    def slave_view(self) -> tuple[list[str], dict[str, str]]:
+        """What the slave's dhcpd sees at the host paths its files name, and the command that
+        mounts it: read-only overlays on /etc and /var/log in dhcpd's own mount namespace
+        (``ip netns exec`` makes one), so nothing changes on the host.
+
+        log.conf calls /etc/dhcp-nmsprime/named-ddns.sh and that reads /etc/named-ddns-cpe.key,
+        whatever ``[paths] root`` is (provhad renders them without the root): here the first
+        is a recorder that logs its argv (and how long it took) and runs the script provhad
+        rendered, the second the lab's key. nsupdate's output goes to /var/log/nmsprime, a lab
+        directory. A fake nsupdate first on dhcpd's PATH records what the script sends.
+        Returns the command prefix that mounts the view and dhcpd's environment.
+        """
+        view = self.tmp / "slave-view"
+        etc, log = view / "etc", view / "log"
+        hook = etc / Path(DDNS_SCRIPT).relative_to("/etc")
+        hook.parent.mkdir(parents=True, exist_ok=True)
+        rendered = self.slave_root / Path(DDNS_SCRIPT).relative_to("/")
+        hook.write_text(f"""#!/bin/sh
+echo "$*" >> {self.hook_log}
+start=$(date +%s%N)
+{rendered} "$@"
+rc=$?
+echo "$(( ($(date +%s%N) - start) / 1000000 )) $3" >> {self.hook_log}.ms
+exit $rc
+""")
+        hook.chmod(0o755)
+        (etc / Path(CPE_KEY).relative_to("/etc")).write_text(self.cpe_key.hex() + "\n")
+        # ip netns exec's bind mount of /etc/netns/NS/resolv.conf is under the overlay
+        netns_etc = Path("/etc/netns") / self.net.ns("slave")
+        (etc / "resolv.conf").write_bytes((netns_etc / "resolv.conf").read_bytes())
+        log.mkdir(parents=True, exist_ok=True)
+        (self.tmp / "nsupdate-log").mkdir(exist_ok=True)
+        (log / Path(NSUPDATE_LOG_DIR).relative_to("/var/log")).symlink_to(self.tmp / "nsupdate-log")
+        fakebin = self.tmp / "fakebin"
+        fakebin.mkdir(exist_ok=True)
+        nsupdate = fakebin / "nsupdate"
+        nsupdate.write_text(
+            "#!/bin/sh\n# stands in for BIND's nsupdate: records its argv and the update\n"
+            f'{{ echo "nsupdate $*"; cat; echo "."; }} >> {self.nsupdate_log}\n'
+        )
+        nsupdate.chmod(0o755)
+        path = f"{fakebin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        mounts = (
+            f"mount -t overlay lab-etc -o lowerdir={etc}:/etc /etc"
+            f" && mount -t overlay lab-log -o lowerdir={log}:/var/log /var/log"
+        )
+        return ["sh", "-c", mounts + ' && exec "$@"', "sh"], {"PATH": path}
+
     def slave_scripts(self) -> tuple[Path, Path]:
         pidfile = self.slave_root / "var/lib/dhcp/dhcpd.pid"
         restart, check = self.tmp / "slave-restart.sh", self.tmp / "slave-check.sh"
-        argv = " ".join(self.net.exec_argv("slave", *self.dhcpd_argv(self.slave_root)))
-        restart.write_text(f"""#!/bin/sh
-# restart the slave's dhcpd in the slave namespace (what systemctl restart does on the host)
-PF={pidfile}
-if [ -s "$PF" ]; then
-  pid=$(cat "$PF")
-  kill "$pid" 2>/dev/null
-  i=0
-  while kill -0 "$pid" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -eq 100 ] && kill -9 "$pid"
-    [ $i -gt 200 ] && exit 1
-    sleep 0.05
-  done
-fi
-echo "=== restart by provhad" >> {self.slave_log.path}
-setsid {argv} < /dev/null >> {self.slave_log.path} 2>&1 &
-echo $! > "$PF"
-""")
+        view, env = self.slave_view()
+        restart_script(
+            restart,
+            pidfile,
+            self.net.exec_argv("slave", *view, *self.dhcpd_argv(self.slave_root)),
+            self.slave_log.path,
+            env,
+        )
         check.write_text(f'#!/bin/sh\nkill -0 "$(cat {pidfile})" 2>/dev/null\n')
-        for script in (restart, check):
-            script.chmod(0o755)
+        check.chmod(0o755)
         return restart, check
+
+    def kea_script(self) -> Path:
+        """kea-dhcp6 in the slave namespace on the Kea files provhad renders (restarted by
+        provhad's ``services.kea_restart_command`` when they change)."""
+        assert self.kea is not None
+        run = self.tmp / "kea-run"
+        run.mkdir(exist_ok=True)
+        main = self.tmp / "kea-dhcp6.conf"
+        main.write_text(kea_main_config(self.slave_root / "etc/kea/gateways6.conf"))
+        script = self.tmp / "kea-restart.sh"
+        restart_script(
+            script,
+            self.tmp / "kea.pid",
+            self.net.exec_argv("slave", self.kea, "-c", main),
+            self.kea_log.path,
+            {"KEA_PIDFILE_DIR": str(run), "KEA_LOCKFILE_DIR": str(run)},
+        )
+        return script
 
     def start_daemon(self) -> None:
         restart, check = self.slave_scripts()
         conf = self.tmp / "slave.toml"
+        v6, kea = "", ""
+        if self.kea is not None:
+            v6 = "dhcpv6 = true"
+            kea = f"""
+[validate]
+kea_dhcp6 = "{self.kea}"
+
+[services]
+kea_restart_command = ["{self.kea_script()}"]
+"""
         conf.write_text(
-            config_text(self.db, "slave", self.slave_root)
+            config_text(self.db, "slave", self.slave_root, v6)
+            + kea
             + f"""
 [watch]
 poll_interval = 0.2
@@ -311,6 +444,48 @@ check_interval = 0.3
     def wait_status(self, text: str, timeout: float = 90) -> str:
         return self.notify.wait_status(text, timeout, self.daemon_alive)
 
+    def wait_running(self, generation: int, timeout: float = 90) -> tuple[float, str]:
+        """Wait until STATUS says generation ``generation`` is live and dhcpd runs it (no
+        restart pending); returns when (monotonic) and that STATUS."""
+        live = f"live gen {generation},"
+        msg = self.notify.wait(
+            lambda m: live in m.get("STATUS", "") and "restart pending" not in m["STATUS"],
+            timeout,
+            self.daemon_alive,
+        )
+        assert "FAILED" not in msg["STATUS"], msg
+        return time.monotonic(), msg["STATUS"]
+
+    def hook_calls(self) -> list[str]:
+        """The DDNS hook's calls so far (argv: CPE MAC, modem MAC, IP, 0 = add / 1 = delete)."""
+        return self.hook_log.read_text().splitlines() if self.hook_log.exists() else []
+
+    def wait_hook_call(self, call: str, timeout: float = 30) -> list[str]:
+        """Wait until the hook was called with ``call`` (its argv); returns all calls."""
+        deadline = time.monotonic() + timeout
+        while call not in (calls := self.hook_calls()):
+            assert time.monotonic() < deadline, f"no hook call {call!r}; calls: {calls[-10:]}"
+            time.sleep(0.05)  # polling the recorder's file; bounded by the deadline
+        return calls
+
+    def cpe_name(self, mac: str) -> str:
+        """The DNS name named-ddns.sh gives a public CPE (the lab's key, provbase's domain)."""
+        return f"{mangle(self.cpe_key, mac)}.cpe.{provbase()['domain_name']}."
+
+    def hook_ms(self) -> dict[str, list[int]]:
+        """How long each hook call took (dhcpd waits for it), in ms, for public and private
+        CPE addresses."""
+        out: dict[str, list[int]] = {"public": [], "private": []}
+        path = Path(f"{self.hook_log}.ms")
+        for line in path.read_text().splitlines() if path.exists() else []:
+            ms, addr = line.split()
+            out["public" if addr.startswith(PUBLIC_NET) else "private"].append(int(ms))
+        return out
+
+    def nsupdates(self) -> str:
+        """What the fake nsupdate received (argv and stdin of each call)."""
+        return self.nsupdate_log.read_text() if self.nsupdate_log.exists() else ""
+
     def sql(self, statement: str, *args: object) -> None:
         with self.db.admin.cursor() as cur:
             cur.execute(statement, args)
@@ -338,4 +513,4 @@ check_interval = 0.3
         self.notify.close()
 
 
-__all__ = ["GI_CM", "GI_CPE", "GI_MTA", "MASTER_IP", "SLAVE_IP", "HALab", "LogWatch"]
+__all__ = ["GI_CM", "GI_CPE", "GI_MTA", "GI_PUB", "MASTER_IP", "SLAVE_IP", "HALab", "LogWatch"]

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from pathlib import Path
 CLONE_NEWNET = 0x40000000
 SUBNET = "172.20.0.0/22"
 MASTER_IP, SLAVE_IP, CMTS_IP = "172.20.0.1", "172.20.0.2", "172.20.0.10"
+#: IPv6 on the same bridge (DHCPv6: the CMTS relays to Kea on the slave)
+MASTER_IP6, SLAVE_IP6, CMTS_IP6 = "fd00:20::1", "fd00:20::2", "fd00:20::10"
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -54,6 +57,24 @@ def netns_unavailable() -> str | None:
             return "veth interfaces are unavailable"
     finally:
         ip("netns", "del", probe, check=False)
+    return None
+
+
+def overlay_unavailable() -> str | None:
+    """Why a read-only overlay cannot be mounted in a private mount namespace, or None."""
+    if shutil.which("unshare") is None:
+        return "the HA lab needs util-linux's unshare"
+    with tempfile.TemporaryDirectory(prefix="phprobe-") as tmp:
+        top, under = Path(tmp, "top"), Path(tmp, "under")
+        top.mkdir()
+        under.mkdir()
+        mount = f"mount -t overlay probe -o lowerdir={top}:{under} {under}"
+        proc = subprocess.run(
+            ["unshare", "-m", "sh", "-c", mount], capture_output=True, text=True, timeout=30,
+            check=False,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        return f"the HA lab needs overlayfs mounts: {proc.stderr.strip()}"
     return None
 
 
@@ -110,7 +131,11 @@ class Topology:
             ip("link", "set", "lo", "up", ns=self.ns(node))
         ip("link", "add", "br0", "type", "bridge", ns=sw)
         ip("link", "set", "br0", "up", ns=sw)
-        for node, addr in (("master", MASTER_IP), ("slave", SLAVE_IP), ("cmts", CMTS_IP)):
+        for node, addr, addr6 in (
+            ("master", MASTER_IP, MASTER_IP6),
+            ("slave", SLAVE_IP, SLAVE_IP6),
+            ("cmts", CMTS_IP, CMTS_IP6),
+        ):
             port = f"p-{node}"
             ip(
                 "link",
@@ -128,6 +153,8 @@ class Topology:
             ip("link", "set", port, "master", "br0", ns=sw)
             ip("link", "set", port, "up", ns=sw)
             ip("addr", "add", f"{addr}/22", "dev", "eth0", ns=self.ns(node))
+            # nodad: usable at once, no wait for duplicate address detection
+            ip("addr", "add", f"{addr6}/64", "dev", "eth0", "nodad", ns=self.ns(node))
             ip("link", "set", "eth0", "up", ns=self.ns(node))
         for node in ("master", "slave"):
             # replies to the relay addresses (giaddr) go back through the CMTS

@@ -16,8 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scapy.layers.dhcp import BOOTP, DHCP  # type: ignore[import-untyped,unused-ignore]
+from scapy.layers.dhcp6 import (  # type: ignore[import-untyped,unused-ignore]
+    DUID_LL,
+    DHCP6_Advertise,
+    DHCP6_RelayForward,
+    DHCP6_RelayReply,
+    DHCP6_Solicit,
+    DHCP6OptClientId,
+    DHCP6OptDNSServers,
+    DHCP6OptElapsedTime,
+    DHCP6OptIA_NA,
+    DHCP6OptIAAddress,
+    DHCP6OptOptReq,
+    DHCP6OptRelayMsg,
+)
 
-from tests.lab.netlab import udp_socket
+from tests.lab.netlab import in_netns, udp_socket
 
 RETRY_SECS = 10  # `secs` of a retry: past "load balance max seconds 5", both peers answer
 
@@ -103,9 +117,10 @@ class Relay:
             opts.append(("server_id", server_id))
         if requested:
             opts.append(("requested_addr", requested))
-        if c.vendor:
-            opts.append(("vendor_class_id", c.vendor.encode()))
-        opts.append(("param_req_list", [1, 3, 4, 6, 7, 42, 43, 66, 67, 122, 125]))
+        if msg != "release":  # RFC 2131 table 5: a RELEASE carries neither
+            if c.vendor:
+                opts.append(("vendor_class_id", c.vendor.encode()))
+            opts.append(("param_req_list", [1, 3, 4, 6, 7, 42, 43, 66, 67, 122, 125]))
         rid = bytes.fromhex(c.remote_id.replace(":", ""))
         opts.append(("relay_agent_information", b"\x02" + bytes([len(rid)]) + rid))
         opts.append("end")
@@ -220,6 +235,14 @@ class Relay:
                     self._remember(c, reply)
         return answers
 
+    def release(self, c: Client) -> None:
+        """DHCPRELEASE of the client's lease to the server that gave it (no answer comes).
+
+        The CMTS relays it like the client's other unicasts (giaddr, option 82)."""
+        assert c.ip is not None and c.server is not None, c.name
+        xid = int.from_bytes(os.urandom(4), "big")
+        self._send(self._packet(c, xid, "release", 0, server_id=c.server, ciaddr=c.ip), [c.server])
+
     def _remember(self, c: Client, reply: Reply) -> None:
         self.leases.append(reply)
         c.ip, c.server, c.options = reply.yiaddr, reply.server, reply.options
@@ -264,5 +287,61 @@ def tftp_get(ns: str, server: str, filename: str, timeout: float = 5.0) -> bytes
             if len(packet) - 4 < 512:
                 return data
             expect = (expect + 1) % 65536
+    finally:
+        sock.close()
+
+
+@dataclass
+class Advertise:
+    """What a DHCPv6 server offered a client (through the relay)."""
+
+    address: str
+    dns: list[str]
+    at: float
+
+
+def solicit6(
+    ns: str, relay: str, server: str, linkaddr: str, mac: str, tries: int = 30
+) -> Advertise:
+    """A client's SOLICIT (DUID-LL of ``mac``, IA_NA, asking for DNS servers) relayed by the
+    CMTS from ``relay``:547 to ``server``:547 with link-address ``linkaddr`` (the CMTS's
+    address in the client's subnet); returns the ADVERTISE it carried back.
+
+    Sent again each second without an answer, as a relay forwards a client's retransmissions
+    (bounded by ``tries``); AssertionError if none came."""
+    with in_netns(ns):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.bind((relay, 547))
+        sock.settimeout(1.0)
+        trid = int.from_bytes(os.urandom(3), "big")
+        lladdr = bytes.fromhex(mac.replace(":", ""))
+        eui = bytes([lladdr[0] ^ 2]) + lladdr[1:3] + b"\xff\xfe" + lladdr[3:]
+        peer = "fe80::" + ":".join(eui[i : i + 2].hex() for i in range(0, 8, 2))
+        msg = (
+            DHCP6_Solicit(trid=trid)
+            / DHCP6OptElapsedTime()
+            / DHCP6OptClientId(duid=DUID_LL(lladdr=mac))
+            / DHCP6OptOptReq(reqopts=[23])
+            / DHCP6OptIA_NA(iaid=1)
+        )
+        data = bytes(
+            DHCP6_RelayForward(linkaddr=linkaddr, peeraddr=peer) / DHCP6OptRelayMsg(message=msg)
+        )
+        for _ in range(tries):
+            sock.sendto(data, (server, 547))
+            try:
+                answer, _addr = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            reply = DHCP6_RelayReply(answer)
+            inner = reply[DHCP6OptRelayMsg].message
+            if isinstance(inner, DHCP6_Advertise) and inner.trid == trid:
+                assert DHCP6OptIAAddress in inner, f"ADVERTISE without an address: {inner!r}"
+                dns = inner[DHCP6OptDNSServers].dnsservers if DHCP6OptDNSServers in inner else []
+                return Advertise(
+                    str(inner[DHCP6OptIAAddress].addr), [str(a) for a in dns], time.monotonic()
+                )
+        raise AssertionError(f"no ADVERTISE from [{server}]:547 for {mac} after {tries} tries")
     finally:
         sock.close()
