@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scapy.config import conf
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
-from scapy.config import conf
 from scapy.sendrecv import srp1
 
 from provhad import config, validate
@@ -65,7 +65,8 @@ class Dhcpd:
             f"{DEFINITIONS}"
             f"key {KEY_NAME} {{\n\talgorithm hmac-md5;\n\tsecret {self.secret};\n}}\n"
             f"omapi-key {KEY_NAME};\nomapi-port 7911;\n"
-            f"subnet {self.net}.0 netmask 255.255.255.0 {{ range {self.net}.100 {self.net}.150; }}\n"
+            f"subnet {self.net}.0 netmask 255.255.255.0 {{\n"
+            f"\trange {self.net}.100 {self.net}.150;\n}}\n"
             f"{hosts}"
         )
 
