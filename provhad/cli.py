@@ -136,6 +136,12 @@ def _parser() -> _Parser:
         ),
     )
     check.plugin = True
+    strip = sub.add_parser(
+        "strip-hosts",
+        help="remove the host records from dhcpd's lease file (dhcpd stopped; ExecStartPre)",
+        description="See provhad.leases: every dhcpd start must begin without host records.",
+    )
+    strip.add_argument("leasefile")
     check.add_argument(
         "-w",
         "--warning",
@@ -275,6 +281,10 @@ def _confirm_shrink(cfg: config.Config, ttl: float, now: dt.datetime) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "strip-hosts":  # before the config: dhcpd's start must not depend on it
+        from provhad import leases
+
+        return leases.main([args.leasefile])
     try:
         cfg = config.load(args.config, root=args.root)
     except config.ConfigError as exc:

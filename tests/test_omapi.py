@@ -130,6 +130,28 @@ class Dhcpd:
         answer = srp1(discover, iface=self.iface, timeout=3, verbose=False)
         return None if answer is None else answer[BOOTP]
 
+    def lease(self, mac: str) -> bool:
+        """DISCOVER then REQUEST from ``mac``: whether dhcpd ACKed (and wrote a lease)."""
+        offer = self.offer(mac)
+        if offer is None:
+            return False
+        request = (
+            Ether(src=mac, dst="ff:ff:ff:ff:ff:ff")
+            / IP(src="0.0.0.0", dst="255.255.255.255")
+            / UDP(sport=68, dport=67)
+            / BOOTP(chaddr=offer.chaddr, xid=offer.xid, flags=0x8000)
+            / DHCP(
+                options=[
+                    ("message-type", "request"),
+                    ("requested_addr", offer.yiaddr),
+                    ("server_id", self.server),
+                    "end",
+                ]
+            )
+        )
+        answer = srp1(request, iface=self.iface, timeout=3, verbose=False)
+        return answer is not None and (("message-type", 5) in answer[DHCP].options)
+
 
 @pytest.fixture
 def dhcpd(tmp_path: Path) -> Iterator[Dhcpd]:
@@ -172,7 +194,8 @@ def cm(n: int, mac: str | None = None, stmts: str | None = None) -> HostEntry:
 async def test_added_hosts_are_served_and_deleted_ones_are_gone(
     dhcpd: Dhcpd, client: OmapiClient
 ) -> None:
-    assert dhcpd.offer("00:11:22:33:44:01").file.rstrip(b"\0") == b""  # unknown: no filename
+    unknown = dhcpd.offer("00:11:22:33:44:01")
+    assert unknown is not None and unknown.file.rstrip(b"\0") == b""  # no filename yet
     fixed = HostEntry("cpe-a", "00:11:22:33:66:00", "", f"{dhcpd.net}.20")
     assert await client.apply(HostDelta(add=[cm(1), fixed])) == ApplyResult(applied=2)
     assert await client.lookup("cm-1") == {
