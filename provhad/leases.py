@@ -135,22 +135,25 @@ def strip_hosts(path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``strip-hosts FILE``: a missing file is fine (dhcpd's first start creates it)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0].startswith("-"):
-        print("usage: provhad strip-hosts LEASEFILE", file=sys.stderr)
+    """``strip-hosts FILE...``: each lease file in turn; a missing one is fine (dhcpd's
+    first start creates it, and the drop-in names both distributions' paths)."""
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths or any(p.startswith("-") for p in paths):
+        print("usage: provhad strip-hosts LEASEFILE...", file=sys.stderr)
         return 2
-    path = args[0]
-    try:
-        count = strip_hosts(path)
-    except FileNotFoundError:
-        print(f"{path}: no lease file yet, nothing to strip")
-        return EXIT_OK
-    except (OSError, LeaseSyntaxError) as exc:
-        print(f"provhad strip-hosts: {path}: {exc}; left as it was", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"{path}: {count} host records removed" if count else f"{path}: no host records")
-    return EXIT_OK
+    status = EXIT_OK
+    for path in paths:
+        try:
+            count = strip_hosts(path)
+        except FileNotFoundError:
+            print(f"{path}: no such lease file, nothing to strip")
+            continue
+        except (OSError, LeaseSyntaxError) as exc:
+            print(f"provhad strip-hosts: {path}: {exc}; left as it was", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        print(f"{path}: {count} host records removed" if count else f"{path}: no host records")
+    return status
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,66 @@ async def test_a_real_lease_file_after_omapi_changes(dhcpd: Dhcpd) -> None:  # n
     await client.close()
     offer = dhcpd.offer("00:11:22:33:44:07")
     assert offer is not None and offer.file.rstrip(b"\0") == b"cm/cm-7.cfg"
+
+
+def test_the_command_takes_both_distributions_paths(tmp_path: Path) -> None:
+    el, debian, bad = tmp_path / "el.leases", tmp_path / "debian.leases", tmp_path / "bad"
+    debian.write_bytes(HOST + LEASE)
+    assert cli.main(["strip-hosts", str(el), str(debian)]) == 0
+    assert debian.read_bytes() == b"\n" + LEASE
+    bad.write_bytes(HOST + b"host a")
+    debian.write_bytes(HOST + LEASE)
+    assert cli.main(["strip-hosts", str(bad), str(debian)]) == 1  # the other one still done
+    assert debian.read_bytes() == b"\n" + LEASE and bad.read_bytes() == HOST + b"host a"
+
+
+ANALYZE = shutil.which("systemd-analyze")
+GENERATOR = Path("/lib/systemd/system-generators/systemd-sysv-generator")
+DROPIN = Path(__file__).parent.parent / "systemd" / "dhcpd-provhad.conf"
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="needs systemd-analyze")
+@pytest.mark.parametrize("unit", ["dhcpd.service", "isc-dhcp-server.service"])
+def test_the_drop_in_is_read_with_dhcpds_unit(tmp_path: Path, unit: str) -> None:
+    """systemd-analyze verify reads the unit with the drop-in beside it: Debian's unit as
+    systemd-sysv-generator makes it from /etc/init.d, a stand-in for EL's dhcpd.service. The
+    drop-in's command is pointed at a missing path once to prove verify reads it at all."""
+    units = tmp_path / "units"
+    units.mkdir()
+    if unit == "isc-dhcp-server.service":
+        if not (GENERATOR.exists() and Path("/etc/init.d/isc-dhcp-server").exists()):
+            pytest.skip("needs Debian's isc-dhcp-server and systemd-sysv-generator")
+        gen = tmp_path / "gen"
+        gen.mkdir()
+        subprocess.run([GENERATOR, gen, gen, gen], check=True, capture_output=True)
+        (units / unit).write_text((gen / unit).read_text())
+    else:
+        (units / unit).write_text(
+            "[Unit]\nDescription=DHCPv4 Server Daemon\n[Service]\nType=notify\n"
+            "ExecStart=/usr/sbin/dhcpd -f -cf /etc/dhcp/dhcpd.conf -user dhcpd -group dhcpd\n"
+        )
+    text = DROPIN.read_text()
+    assert "ExecStartPre=-/opt/provhad/venv/bin/provhad strip-hosts " in text
+    (units / f"{unit}.d").mkdir()
+    dropin = units / f"{unit}.d" / "provhad.conf"
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
+
+    def verify() -> list[str]:
+        proc = subprocess.run(
+            [ANALYZE or "", "verify", "--man=no", str(units / unit)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        return [ln for ln in proc.stderr.splitlines() if "provhad" in ln]
+
+    installed = "ExecStartPre=-/opt/provhad/venv/bin/provhad"
+    # verify ignores a missing command behind "-": without it, it names the drop-in's one
+    dropin.write_text(text.replace(installed, "ExecStartPre=/nonexistent/provhad"))
+    assert any("/nonexistent/provhad" in ln for ln in verify()), "the drop-in was not read"
+    here = shutil.which("provhad") or str(Path(sys.executable).parent / "provhad")
+    dropin.write_text(text.replace(installed, f"ExecStartPre={here}"))
+    assert verify() == []
+    dropin.write_text(text)
+    assert verify() == []
