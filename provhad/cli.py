@@ -204,6 +204,12 @@ def _parser() -> _Parser:
                 dest=f"{name}_{level}",
                 help=f"{what} that are {level.upper()} ([check] {name}_{level})",
             )
+    strip = sub.add_parser(
+        "strip-hosts",
+        help="remove the host records from dhcpd's lease files (dhcpd stopped; ExecStartPre)",
+        description="See provhad.leases: every dhcpd start must begin without host records.",
+    )
+    strip.add_argument("leasefile", nargs="+")
     for p in (render, run, status, confirm, reload, trigger, check):
         p.add_argument(
             "--config", metavar="FILE", help="provhad TOML file (default: NMS Prime's env files)"
@@ -410,6 +416,10 @@ def _confirm_shrink(cfg: config.Config, ttl: float, now: dt.datetime) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "strip-hosts":  # before the config: dhcpd's start must not depend on it
+        from provhad import leases
+
+        return leases.main(args.leasefile)
     try:
         cfg = config.load(args.config, root=args.root)
     except config.ConfigError as exc:

@@ -1,0 +1,240 @@
+"""Host entries (as OMAPI carries them) and the delta between two host tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from provhad import config, model, validate
+from provhad.hosts import (
+    HostDelta,
+    HostEntry,
+    HostSyntaxError,
+    delta,
+    host_block,
+    host_entries,
+    names_by_mac,
+    parse_host_block,
+    parse_host_file,
+    split_statements,
+)
+from provhad.render import HostFacts, Renderer
+from tests import rows
+
+FACTS = HostFacts(now=dt.datetime(2026, 1, 15, 12, tzinfo=dt.UTC), fqdn="slave.test", omapi=None)
+
+
+def cm(n: int, mac: str | None = None, stmts: str | None = None) -> HostEntry:
+    return HostEntry(
+        f"cm-{n}",
+        mac or f"00:11:22:33:44:{n:02x}",
+        stmts if stmts is not None else f'filename "cm/cm-{n}.cfg"; ddns-hostname "cm-{n}";',
+    )
+
+
+def table(*entries: HostEntry) -> dict[str, HostEntry]:
+    return {e.name: e for e in entries}
+
+
+@pytest.mark.parametrize("provvoip", [True, False])
+def test_entries_from_the_model_equal_the_rendered_host_files(
+    tmp_path: Path, provvoip: bool
+) -> None:
+    cfg = config.Config().with_root(str(tmp_path))
+    cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, provvoip=provvoip))
+    m = model.build(rows.small(), "slave")
+    rendered = Renderer(cfg).render(m, FACTS)
+    parsed: dict[str, HostEntry] = {}
+    names = ["modems-host.conf", "endpoints-host.conf"] + (["mta.conf"] if provvoip else [])
+    for name in names:
+        path = f"{rendered.dhcp_dir}/{name}"
+        parsed.update(parse_host_file(rendered.files[path].data.decode(), path))
+    entries = host_entries(m, provvoip)
+    assert entries == parsed
+    # the case the ccc options depend on is present, so the comparison covers them
+    assert any("ccc.dhcp-server-1" in e.statements for e in entries.values()) is provvoip
+    assert entries["cpe-b"].mac is None and entries["cpe-b"].remote_id == "00:11:22:33:44:01"
+    assert entries["cpe-a"].fixed_address == "198.18.0.15" and entries["cpe-a"].statements == ""
+
+
+def test_a_host_block_reads_back_as_the_same_entry() -> None:
+    for e in (
+        cm(1),
+        HostEntry("cpe-a", "00:11:22:33:66:00", "", "198.18.0.15"),
+        HostEntry("cpe-b", None, "", None, "00:11:22:33:44:01"),
+    ):
+        assert parse_host_block(host_block(e)) == e
+
+
+@pytest.mark.parametrize(
+    ("body", "parts"),
+    [
+        ('filename "a;b"; x 1;', ['filename "a;b"', "x 1"]),
+        (r'filename "a\";b"; y;', [r'filename "a\";b"', "y"]),
+        (" ; ;a; ", ["a"]),
+        ("", []),
+    ],
+)
+def test_statements_split_outside_strings(body: str, parts: list[str]) -> None:
+    assert split_statements(body) == parts
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'host a { filename "x; }',  # unterminated string
+        "host a { filename x }",  # no ';'
+        "host a b { hardware ethernet 00:11:22:33:44:55; }",
+        "subnet 10.0.0.0 netmask 255.0.0.0 { }",
+        "host a { hardware ethernet 00:11:22:33:44:55;",
+    ],
+)
+def test_a_malformed_block_is_refused(line: str) -> None:
+    with pytest.raises(HostSyntaxError):
+        parse_host_block(line)
+
+
+def test_a_name_twice_in_a_file_names_both_lines() -> None:
+    text = host_block(cm(1)) + "\n# comment\n" + host_block(cm(1, "00:11:22:33:44:99"))
+    with pytest.raises(HostSyntaxError, match=r"f line 4: host cm-1 already at line 1"):
+        parse_host_file(text, "f")
+
+
+MOVED = cm(3, "00:11:22:33:44:01")  # cm-3 takes cm-1's MAC
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "want"),
+    [
+        ({}, {}, HostDelta()),
+        (table(cm(1)), table(cm(1)), HostDelta()),
+        ({}, table(cm(2), cm(1)), HostDelta(add=[cm(1), cm(2)])),
+        (table(cm(1), cm(2)), table(cm(2)), HostDelta(delete=["cm-1"])),
+        # a change in anything is delete + add: MAC, statements, fixed address
+        (
+            table(cm(1)),
+            table(cm(1, "00:11:22:33:44:77")),
+            HostDelta(["cm-1"], [cm(1, "00:11:22:33:44:77")]),
+        ),
+        (table(cm(1)), table(cm(1, stmts="x;")), HostDelta(["cm-1"], [cm(1, stmts="x;")])),
+        (
+            table(HostEntry("e", "00:11:22:33:44:55", "", "10.0.0.1")),
+            table(HostEntry("e", "00:11:22:33:44:55", "", "10.0.0.2")),
+            HostDelta(["e"], [HostEntry("e", "00:11:22:33:44:55", "", "10.0.0.2")]),
+        ),
+        # a MAC moving to a new name: the old name goes first
+        (table(cm(1)), table(MOVED), HostDelta(["cm-1"], [MOVED])),
+        # two names swapping MACs: both deleted before either is added
+        (
+            table(cm(1), cm(2)),
+            table(cm(1, "00:11:22:33:44:02"), cm(2, "00:11:22:33:44:01")),
+            HostDelta(["cm-1", "cm-2"], [cm(1, "00:11:22:33:44:02"), cm(2, "00:11:22:33:44:01")]),
+        ),
+        # OMAPI cannot add a host without a MAC; it can delete one
+        (
+            {},
+            table(HostEntry("r", None, "", None, "00:11:22:33:44:01")),
+            HostDelta(unsupported=["r"]),
+        ),
+        (table(HostEntry("r", None, "", None, "00:11:22:33:44:01")), {}, HostDelta(["r"])),
+    ],
+)
+def test_delta(old: dict[str, HostEntry], new: dict[str, HostEntry], want: HostDelta) -> None:
+    got = delta(old, new)
+    assert got == want
+    assert got.empty is (want == HostDelta())
+
+
+def test_names_by_mac_lists_only_shared_macs() -> None:
+    entries = [cm(1), cm(2, "00:11:22:33:44:01"), cm(3), HostEntry("r", None, "", None, "x")]
+    assert names_by_mac(entries) == {"00:11:22:33:44:01": ["cm-1", "cm-2"]}
+    upper = HostEntry("u", "00:11:22:33:44:03".upper(), "")
+    assert names_by_mac([cm(3), upper]) == {"00:11:22:33:44:03": ["cm-3", "u"]}
+
+
+# --- validation in O(change) (provhad.validate) ---------------------------------------------
+
+VCFG = config.ValidateConfig()
+needs_dhcpd = pytest.mark.skipif(not Path(VCFG.dhcpd).exists(), reason="needs dhcpd")
+
+
+def definitions(tmp_path: Path) -> str:
+    """The option definitions of the dhcpd.conf our templates render."""
+    cfg = config.Config().with_root(str(tmp_path))
+    rendered = Renderer(cfg).render(model.build(rows.small(), "slave"), FACTS)
+    return validate.option_definitions(rendered.files[rendered.dhcpd_conf].data.decode())
+
+
+def test_option_definitions_are_read_from_the_rendered_config(tmp_path: Path) -> None:
+    text = definitions(tmp_path)
+    assert "option space ccc;\n" in text
+    assert "option ccc.SecondaryDHCPServer code 2 = ip-address;\n" in text
+    assert "option ccc.provision-server code 3 = {unsigned integer 8, string};\n" in text
+    assert "ntp-servers" not in text  # a use, not a definition
+
+
+@needs_dhcpd
+def test_valid_hosts_pass_and_each_bad_one_is_named(tmp_path: Path) -> None:
+    defs = definitions(tmp_path)
+    voip = HostEntry(
+        "cm-9",
+        "00:11:22:33:44:09",
+        'filename "cm/cm-9.cfg"; ddns-hostname "cm-9"; option ccc.dhcp-server-1 10.0.0.1;'
+        " option ccc.SecondaryDHCPServer 10.0.0.2;",
+    )
+    good = [cm(1), voip, HostEntry("cpe-a", "00:11:22:33:66:00", "", "198.18.0.15")]
+    assert validate.check_hosts(good, VCFG, defs) == []
+    # without the definitions the ccc option is unknown to dhcpd
+    without = validate.check_hosts([voip], VCFG)
+    assert without and all(p.message.startswith("host cm-9: ") for p in without), without
+    assert "no option space named ccc" in without[0].message
+    # what OMAPI would accept and silently drop: dhcpd -t names the host
+    bad = cm(2, stmts='filename "cm/cm-2.cfg" ddns-hostname "cm-2";')
+    problems = validate.check_hosts([cm(1), bad, cm(3)], VCFG, defs)
+    assert problems and all(p.message.startswith("host cm-2: ") for p in problems), problems
+    unknown = cm(4, stmts="option no-such-option 1;")
+    assert validate.check_hosts([unknown], VCFG, defs)[0].message.startswith("host cm-4: ")
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (cm(1, stmts='filename "x"; } host evil { filename "y";'), "brace"),
+        (cm(1, stmts='filename "x";\nfoo;'), "newline"),
+        (cm(1, stmts='filename "x" # ;'), "comment"),
+        (cm(1, stmts='filename "x;'), "unterminated string"),
+        (cm(1, stmts="filename  x ;"), "canonical"),
+        (HostEntry("a b", "00:11:22:33:44:55", ""), "plain name"),
+        (HostEntry("a", "00:11:22:33:44", ""), "not a MAC"),
+        (HostEntry("a", "00:11:22:33:44:55", "", "10.0.0.256"), "IPv4"),
+        (HostEntry("a", None, ""), "neither"),
+    ],
+)
+def test_a_badly_shaped_entry_never_reaches_dhcpd(entry: HostEntry, why: str) -> None:
+    missing = dataclasses.replace(VCFG, dhcpd="/nonexistent/dhcpd")  # would fail if it ran
+    problems = validate.check_hosts([entry], missing)
+    assert len(problems) == 1 and why in problems[0].message, problems
+
+
+def test_duplicates_names_twice_and_macs_under_two_names() -> None:
+    entries = [cm(1), cm(2, "00:11:22:33:44:01"), cm(1, "00:11:22:33:44:aa"), cm(3)]
+    assert [str(p) for p in validate.duplicates(entries)] == [
+        "dhcpd: host name cm-1 is used twice",
+        "dhcpd: hardware address 00:11:22:33:44:01 is used by hosts cm-1, cm-2",
+    ]
+    assert validate.duplicates([cm(1), cm(2)]) == []
+
+
+@needs_dhcpd
+def test_pieces_catch_what_no_single_piece_shows(tmp_path: Path) -> None:
+    defs = definitions(tmp_path)
+    entries = [cm(n, f"00:11:22:33:{n // 256:02x}:{n % 256:02x}") for n in range(25)]
+    assert validate.check_hosts_in_pieces(entries, VCFG, defs, piece=10) == []
+    entries[23] = cm(2, "00:11:22:33:00:17")  # same name as entries[2], another piece
+    entries[17] = cm(17, stmts="nonsense here;")
+    got = [p.message for p in validate.check_hosts_in_pieces(entries, VCFG, defs, piece=10)]
+    assert got[0] == "host name cm-2 is used twice"
+    assert len(got) >= 2 and all(m.startswith("host cm-17: ") for m in got[1:]), got
