@@ -23,10 +23,11 @@ import socket
 import time
 from typing import Any
 
-from provhad import config, cycle, db, delta, generations, log, services
+from provhad import config, cycle, db, facts, generations, hosts, log, omapi, services
 from provhad.config import Config
 from provhad.hook import Hook
 from provhad.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
+from provhad.omapi import OmapiClient
 from provhad.render import CHRONY, DHCPD, KEA6, NAMED
 from provhad.report import Reporter
 from provhad.scheduler import FULL_READ, Debounce, Scheduler, Trigger, poll_pause
@@ -119,16 +120,16 @@ class DhcpdPorts:
         manifest = await asyncio.to_thread(generations.mark_running, self.d.state_dir)
         return manifest.generation if manifest is not None else None
 
-    def _host_delta(self) -> delta.Delta:
-        """The host delta from what dhcpd holds to the live files. NotLive when anything but
-        hosts changed or the old files are not known."""
+    def _host_delta(self) -> hosts.HostDelta:
+        """The OMAPI steps from what dhcpd holds to the live files. NotLive when anything but
+        hosts changed or the files dhcpd holds are not known."""
         old, live = self.d.state.dhcpd_running_files, self.files.hashes
         if not old:
-            raise delta.NotLive("no record of the files dhcpd runs")
+            raise NotLive("no record of the files dhcpd runs")
         changed = {p for p in old.keys() | live.keys() if old.get(p) != live.get(p)}
-        others = sorted(changed - delta.HOST_FILES)
+        others = sorted(changed - set(hosts.HOST_FILES))
         if others:
-            raise delta.NotLive(f"not only hosts changed: {', '.join(others)}")
+            raise NotLive(f"not only hosts changed: {', '.join(others)}")
         before: dict[str, bytes] = {}
         after: dict[str, bytes] = {}
         for rel in changed:
@@ -137,36 +138,53 @@ class DhcpdPorts:
                 try:
                     before[rel] = kept.read_bytes()
                 except OSError as exc:
-                    raise delta.NotLive(f"{rel} as dhcpd runs it is not kept: {exc}") from exc
+                    raise NotLive(f"{rel} as dhcpd runs it is not kept: {exc}") from exc
             if rel in live:
                 after[rel] = (self.files.dhcp_dir / rel).read_bytes()
-        return delta.delta(before, after)
+        try:
+            change = hosts.file_delta(before, after)
+        except (hosts.HostSyntaxError, UnicodeDecodeError) as exc:
+            raise NotLive(str(exc)) from exc
+        if change.unsupported:
+            # endpoints known by their modem's remote-id: OMAPI has no such attribute
+            raise NotLive(f"OMAPI cannot add {', '.join(change.unsupported[:5])}")
+        return change
 
     async def live_update(self) -> LiveUpdate:
-        if self.d.omapi is None:
-            return LiveUpdate(reason="OMAPI is off (no key, or [dhcpd] omapi = false)")
+        """Host changes into the running dhcpd by OMAPI. The lines sent are byte for byte
+        lines of the live set, which dhcpd -t accepted whole before it went live."""
+        client = self.d.omapi_client()
+        if client is None:
+            return LiveUpdate(reason="OMAPI is off ([dhcpd] omapi = false, or no OMAPI key)")
         try:
             change = await asyncio.to_thread(self._host_delta)
-        except delta.NotLive as exc:
+        except NotLive as exc:
             return LiveUpdate(reason=str(exc))
         s = self.d.state
         s.omapi_inflight = True  # durably, before the first OMAPI message
         self.d.reporter.save()
         try:
-            outcome = await self.d.omapi.apply(change)
+            result = await client.apply(change)
         finally:
             s.omapi_inflight = False
-        if not outcome.ok:
-            return LiveUpdate(attempted=True, reason=outcome.describe())
+        if not result.ok:
+            why = result.error or ("in doubt (no answer)" if result.unknown else "")
+            why = why or "; ".join(f"{n}: {e}" for n, e in result.failed[:3])
+            return LiveUpdate(attempted=True, reason=f"OMAPI: {why}")
         return LiveUpdate(True, True, "", len(change.delete), len(change.add))
+
 
     async def rollback(self) -> int | None:
         manifest = await asyncio.to_thread(generations.rollback, self.d.state_dir)
         if manifest is None:
             return None
-        # the running set brings its own named key and chrony include back
-        await self.d.reload({NAMED, CHRONY})
+        # the running set brings its own named key, chrony include and Kea files back
+        await self.d.reload({NAMED, CHRONY, KEA6})
         return manifest.generation
+
+
+class NotLive(Exception):
+    """A change the running dhcpd cannot take by OMAPI (the message says why): restart."""
 
 
 class Daemon:
@@ -200,8 +218,10 @@ class Daemon:
             self.reporter.report,
             self.log,
         )
-        #: the OMAPI client host changes go live through (None: restarts only)
-        self.omapi: Any = None
+        #: the OMAPI client host changes go live through, and the key it was made with
+        self.omapi: OmapiClient | None = None
+        self.omapi_key: tuple[str, str] | None = None
+        self.closing: set[asyncio.Task[None]] = set()  # old OMAPI clients closing
         self.watchdog: Watchdog | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.stop_requests = 0
@@ -209,6 +229,20 @@ class Daemon:
     @property
     def notifier(self) -> Notifier:
         return self.reporter.notifier
+
+    def omapi_client(self) -> OmapiClient | None:
+        """The OMAPI client for the key of the live set (failover.conf), None when OMAPI is
+        off or there is no key. A new key (SIGHUP, a new set) gets a new client."""
+        d = self.cfg.dhcpd
+        found = facts.find_omapi_key(self.cfg) if d.omapi else None
+        key = (found.name, found.secret) if found is not None else None
+        if key != self.omapi_key or (self.omapi is not None and self.omapi.host != d.omapi_host):
+            old, self.omapi, self.omapi_key = self.omapi, None, key
+            if old is not None:
+                self.closing.add(asyncio.get_running_loop().create_task(old.close()))
+            if key is not None:
+                self.omapi = OmapiClient(d.omapi_host, omapi.PORT, *key, timeout=d.omapi_timeout)
+        return self.omapi
 
     def pacing(self) -> Pacing:
         return Pacing(self.cfg.watch.min_restart_interval, self.cfg.dhcpd.restart_timeout)
@@ -605,6 +639,8 @@ class Daemon:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 self.log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
         self.poller.close()
+        if self.omapi is not None:
+            await self.omapi.close()
         self.state.status = "stopped"
         self.reporter.save()
         lock.release()

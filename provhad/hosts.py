@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -257,3 +258,26 @@ def names_by_mac(entries: Iterable[HostEntry]) -> dict[str, list[str]]:
         if e.mac is not None:
             seen.setdefault(e.mac.lower(), []).append(e.name)
     return {mac: names for mac, names in seen.items() if len(names) > 1}
+
+
+def _host_lines(data: bytes) -> Counter[bytes]:
+    return Counter(ln for ln in data.split(b"\n") if ln.startswith(b"host "))
+
+
+def file_delta(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> HostDelta:
+    """The OMAPI steps from the host files ``old`` (by name: what dhcpd holds) to ``new``
+    (live). Only the lines that differ (a multiset difference: one host per line, as the
+    templates write them) are parsed, so the cost follows the change, not the table.
+    HostSyntaxError when a changed line is not a one-line host block (an operator's template
+    that spans lines): then dhcpd is restarted instead."""
+    gone: dict[str, HostEntry] = {}
+    came: dict[str, HostEntry] = {}
+    for name in sorted(set(old) | set(new)):
+        a, b = _host_lines(old.get(name, b"")), _host_lines(new.get(name, b""))
+        for lines, into in ((a - b, gone), (b - a, came)):
+            for line in lines.elements():
+                entry = parse_host_block(line.decode("utf-8"))
+                if entry.name in into:
+                    raise HostSyntaxError(f"{name}: host {entry.name} twice")
+                into[entry.name] = entry
+    return delta(gone, came)

@@ -25,6 +25,8 @@ from provhad.hosts import HostDelta, HostEntry
 _T = TypeVar("_T")
 #: seconds one request (or the connect with its authentication) may take
 DEFAULT_TIMEOUT = 5.0
+#: dhcpd's omapi-port as templates/failover.conf.j2 declares it
+PORT = 7911
 _ONE = struct.pack("!I", 1)
 #: an OMAPI status that says the object is not there (dhcpd's isc_result ISC_R_NOTFOUND)
 _NOT_FOUND = 23

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provhad import config, model, validate
+from provhad import config, hosts, model, validate
 from provhad.hosts import (
     HostDelta,
     HostEntry,
@@ -238,3 +238,57 @@ def test_pieces_catch_what_no_single_piece_shows(tmp_path: Path) -> None:
     got = [p.message for p in validate.check_hosts_in_pieces(entries, VCFG, defs, piece=10)]
     assert got[0] == "host name cm-2 is used twice"
     assert len(got) >= 2 and all(m.startswith("host cm-17: ") for m in got[1:]), got
+
+
+# --- the delta between two versions of the host files (what the supervisor sends) ----------
+
+
+def rendered_host_files(snap: object) -> dict[str, bytes]:
+    out = Renderer(config.Config()).render(model.build(snap, "slave"), FACTS)  # type: ignore[arg-type]
+    return {
+        p.rsplit("/", 1)[1]: f.data
+        for p, f in out.files.items()
+        if p.rsplit("/", 1)[1] in hosts.HOST_FILES
+    }
+
+
+def test_file_delta_of_a_change_an_insert_and_a_delete_replays_to_the_new_table() -> None:
+    from provhad.hosts import file_delta
+
+    snap = rows.small()
+    before = rendered_host_files(snap)
+    modems = list(snap.modem)
+    changed = dict(modems[0]) | {"hostname": "cm-renamed"}
+    new_modem = rows.modem(100500, "00:11:22:33:45:00")
+    after = rendered_host_files(dataclasses.replace(snap, modem=[changed, *modems[2:], new_modem]))
+    d = file_delta(before, after)
+    assert str(modems[0]["hostname"]) in d.delete and str(modems[1]["hostname"]) in d.delete
+    assert {e.name for e in d.add} == {"cm-renamed", "cm-100500"}
+    table = dict(parse_host_file(before["modems-host.conf"].decode()))
+    for name in d.delete:
+        table.pop(name)
+    table.update({e.name: e for e in d.add})
+    assert table == parse_host_file(after["modems-host.conf"].decode())
+
+
+def test_file_delta_parses_only_what_changed() -> None:
+    from provhad.hosts import HostSyntaxError, file_delta
+
+    same = b"host a { this is not parsed }\n"
+    ok = b"host b { hardware ethernet 00:11:22:33:44:01; }\n"
+    d = file_delta({"modems-host.conf": same}, {"modems-host.conf": same + ok})
+    assert [e.name for e in d.add] == ["b"] and d.delete == []
+    assert file_delta({"mta.conf": same}, {"mta.conf": same}).empty
+    with pytest.raises(HostSyntaxError):
+        file_delta({}, {"modems-host.conf": b'host c { unterminated "\n'})
+
+
+def test_file_delta_moves_a_mac_by_delete_then_add() -> None:
+    from provhad.hosts import file_delta
+
+    old = {"modems-host.conf": b"host cm-1 { hardware ethernet 00:11:22:33:44:01; }\n"}
+    new = {"modems-host.conf": b"host cm-2 { hardware ethernet 00:11:22:33:44:01; }\n"}
+    d = file_delta(old, new)
+    assert d.delete == ["cm-1"] and [e.name for e in d.add] == ["cm-2"]
+    # a line moved between files unchanged is no step at all
+    assert file_delta(old, {"endpoints-host.conf": old["modems-host.conf"]}).empty
