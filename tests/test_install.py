@@ -158,6 +158,10 @@ def test_install_into_a_scratch_debian_root(tmp_path: Path) -> None:
         'DHCPDv4_CONF="/etc/dhcp-nmsprime/dhcpd.conf"\nINTERFACESv4="eth1 eth2"\nINTERFACESv6=""\n'
     )
     assert (root / "etc/default/isc-dhcp-server.provhad-orig").read_text().startswith("#DHCPDv4")
+    # issue 12: every start of Debian's dhcpd unit strips OMAPI host records first
+    dropin = (root / "etc/systemd/system/isc-dhcp-server.service.d/provhad.conf").read_text()
+    assert "ExecStartPre=-/opt/provhad/venv/bin/provhad strip-hosts /var/lib/dhcpd" in dropin
+    assert not (root / "etc/systemd/system/dhcpd.service.d").exists()
     # Debian's chronyd reads /etc/chrony/conf.d
     link = root / "etc/chrony/conf.d/nmsprime.conf"
     assert os.readlink(link) == "/etc/chrony-nmsprime.d/nmsprime.conf"

@@ -169,6 +169,18 @@ def test_polkit_lets_provhad_restart_dhcpd_and_nothing_else(slave: Machine) -> N
     assert slave.run("systemctl", "is-active", DHCPD, check=False).stdout.strip() == "active"
 
 
+def test_dhcpd_starts_without_omapi_host_records(slave: Machine) -> None:
+    """Issue 12: the drop-in strips host records from the lease file before every start of
+    the real (sysv-generated) dhcpd unit, whoever starts it; leases stay."""
+    dropins = slave.run("systemctl", "show", "-P", "DropInPaths", DHCPD).stdout
+    assert f"/etc/systemd/system/{DHCPD}.d/provhad.conf" in dropins
+    leases = "/var/lib/dhcp/dhcpd.leases"
+    slave.sh(f"printf 'host stale-omapi {{\n  dynamic;\n  deleted;\n}}\n' >> {leases}")
+    slave.run("systemctl", "restart", DHCPD, timeout=120)
+    assert slave.run("systemctl", "is-active", DHCPD, check=False).stdout.strip() == "active"
+    assert "stale-omapi" not in slave.sh(f"cat {leases}")
+
+
 def test_reload_rereads_the_configuration(slave: Machine) -> None:
     pid = slave.run("systemctl", "show", "-P", "MainPID", "provhad").stdout.strip()
     slave.run("systemctl", "reload", "provhad", timeout=120)
