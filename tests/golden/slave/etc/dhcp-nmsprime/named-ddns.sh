@@ -22,10 +22,14 @@ print(base64.b32encode(hmac.new(key, msg, hashlib.sha256).digest()).decode()[:6]
 rev=$(echo "$ip" | awk -F. '{print $4"."$3"."$2"."$1}')
 name="$mangle.cpe.nmsprime.test."
 
+# a missing or unwritable log directory must not cost the update (nsupdate would not run)
+log='/var/log/nmsprime/nsupdate.log'
+[ -w "$log" ] || [ -w "$(dirname "$log")" ] || log=/dev/null
+
 update() {
 	# the key goes through stdin, never the command line (ps shows arguments to everyone)
 	if [ "$op" = add ]; then a="$name 3600 A $ip"; p="$rev.in-addr.arpa. 3600 PTR $name"; else a="$name A"; p="$rev.in-addr.arpa. PTR"; fi
-	nsupdate -v <<NSUPDATE >> /var/log/nmsprime/nsupdate.log 2>&1
+	nsupdate -v <<NSUPDATE >> "$log" 2>&1
 key hmac-md5:dhcpupdate $2
 server $1
 update $op $a
