@@ -23,7 +23,7 @@ import socket
 import time
 from typing import Any
 
-from provhad import config, cycle, db, facts, generations, hosts, log, omapi, services
+from provhad import config, cycle, db, facts, generations, hosts, log, omapi, services, validate
 from provhad.config import Config
 from provhad.hook import Hook
 from provhad.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
@@ -112,7 +112,16 @@ class DhcpdPorts:
         return await asyncio.to_thread(self.files.digest)
 
     async def restart(self, timeout: float) -> Outcome:
-        return await services.restart_dhcpd(self.d.cfg, timeout)
+        s, cfg = self.d.state, self.d.cfg
+        if s.dhcpd_unproven:
+            # published with only its changed hosts checked: dhcpd -t sees the whole set
+            # before dhcpd is stopped for it (a refusal rolls back to the running set)
+            conf = str(cfg.paths.under_root(cfg.paths.dhcp_dir) / "dhcpd.conf")
+            rc, out = await asyncio.to_thread(validate.run_dhcpd_t, conf, cfg.validate)
+            if rc != 0:
+                return Outcome(False, rc, f"the live set fails dhcpd -t: {out}")
+            s.dhcpd_unproven = False
+        return await services.restart_dhcpd(cfg, timeout)
 
     async def mark_running(self) -> int | None:
         # the files as measured under the supervisor's lock: what dhcpd now holds
@@ -172,7 +181,6 @@ class DhcpdPorts:
             why = why or "; ".join(f"{n}: {e}" for n, e in result.failed[:3])
             return LiveUpdate(attempted=True, reason=f"OMAPI: {why}")
         return LiveUpdate(True, True, "", len(change.delete), len(change.add))
-
 
     async def rollback(self) -> int | None:
         manifest = await asyncio.to_thread(generations.rollback, self.d.state_dir)
@@ -413,6 +421,7 @@ class Daemon:
             s.held_set, s.held_reason = "", ""
             if DHCPD in result.services:
                 self.supervisor.published_set = result.set_hash
+                s.dhcpd_unproven = result.hosts_only
             event = "published" if result.changed else "unchanged"
             self.log.info(
                 event,

@@ -266,10 +266,17 @@ def _host_lines(data: bytes) -> Counter[bytes]:
 
 def file_delta(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> HostDelta:
     """The OMAPI steps from the host files ``old`` (by name: what dhcpd holds) to ``new``
-    (live). Only the lines that differ (a multiset difference: one host per line, as the
-    templates write them) are parsed, so the cost follows the change, not the table.
-    HostSyntaxError when a changed line is not a one-line host block (an operator's template
-    that spans lines): then dhcpd is restarted instead."""
+    (live), from :func:`changed_entries`."""
+    return delta(*changed_entries(old, new))
+
+
+def changed_entries(
+    old: Mapping[str, bytes], new: Mapping[str, bytes]
+) -> tuple[dict[str, HostEntry], dict[str, HostEntry]]:
+    """The host entries only in ``old`` and only in ``new`` (host files by name). Only the
+    lines that differ (a multiset difference: one host per line, as the templates write them)
+    are parsed, so the cost follows the change, not the table. HostSyntaxError when a changed
+    line is not a one-line host block (an operator's template that spans lines)."""
     gone: dict[str, HostEntry] = {}
     came: dict[str, HostEntry] = {}
     for name in sorted(set(old) | set(new)):
@@ -280,4 +287,4 @@ def file_delta(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> HostDelta:
                 if entry.name in into:
                     raise HostSyntaxError(f"{name}: host {entry.name} twice")
                 into[entry.name] = entry
-    return delta(gone, came)
+    return gone, came

@@ -88,6 +88,9 @@ class State:
     #: dhcpd's files (path below dhcp_dir -> sha256) as dhcpd holds them: the base of the
     #: host delta that OMAPI applies
     dhcpd_running_files: dict[str, str] = field(default_factory=dict)
+    #: the live dhcpd files were published with only their changed hosts checked by dhcpd -t:
+    #: the whole set is proven before dhcpd is restarted with it
+    dhcpd_unproven: bool = False
     #: an OMAPI update was under way: if this is still set at start, what dhcpd holds is
     #: unknown and it is restarted
     omapi_inflight: bool = False

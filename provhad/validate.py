@@ -66,6 +66,12 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def run_dhcpd_t(conf: str, vcfg: ValidateConfig) -> tuple[int, str]:
+    """``dhcpd -t`` over ``conf`` as it is on disk: exit status and its complaints."""
+    rc, out = _run([vcfg.dhcpd, "-t", "-cf", conf], vcfg.timeout)
+    return rc, "; ".join(str(p) for p in parse_dhcpd_errors(out)) if rc else ""
+
+
 def parse_dhcpd_errors(output: str) -> list[Problem]:
     """dhcpd -t's ``FILE line N: message`` lines; else its last meaningful line."""
     found = []

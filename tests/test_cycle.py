@@ -53,3 +53,25 @@ def test_quiet_gc_restores_the_collector() -> None:
     with pytest.raises(RuntimeError), cycle.quiet_gc():
         raise RuntimeError("a failed rebuild")
     assert gc.isenabled()
+
+
+def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) -> None:
+    """Issue 12: a change confined to the host files is proven by dhcpd -t over the changed
+    hosts on a stub (O(change)); anything else of dhcpd's by dhcpd -t over the whole set."""
+    from provhad.validate import run_dhcpd_t
+    from tests import rows
+
+    cfg = cfg_for(tmp_path)
+    snap = rows.small()
+    first = cycle.apply(cfg, snap, FACTS)
+    assert first.ok and not first.hosts_only and "dhcpd -t" in first.validated
+    modems = [*snap.modem, rows.modem(100777, "00:11:22:33:47:77")]
+    added = cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS)
+    assert added.ok and added.hosts_only, added.validated
+    assert added.validated[0] == cycle.HOSTS_ONLY and "dhcpd -t" not in added.validated
+    assert "cm-100777" in (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
+    conf = str(tmp_path / "etc/dhcp-nmsprime/dhcpd.conf")
+    assert run_dhcpd_t(conf, cfg.validate) == (0, "")  # the whole set holds too
+    pools = [dict(p) | {"dns1_ip": "10.9.9.9"} for p in snap.ippool]
+    pool = cycle.apply(cfg, dataclasses.replace(snap, modem=modems, ippool=pools), FACTS)
+    assert pool.ok and not pool.hosts_only and "dhcpd -t" in pool.validated

@@ -212,3 +212,34 @@ async def test_poller_queues_nothing_when_nothing_changed(
     watcher.answers = [[]]
     await d.poller.once()
     assert d.triggers.empty()
+
+
+async def test_an_unproven_set_is_proven_whole_before_dhcpd_is_restarted(
+    d: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: a set published with only its changed hosts checked is given whole to the
+    real dhcpd -t before dhcpd is restarted with it; refused, dhcpd is not touched."""
+    from provhad import services
+    from provhad.daemon import DhcpdPorts
+
+    conf = tmp_path / "root/etc/dhcp-nmsprime/dhcpd.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("this is not dhcpd syntax;\n")
+    restarts: list[float] = []
+
+    async def restart(cfg: object, timeout: float | None = None) -> services.Outcome:
+        restarts.append(timeout or 0.0)
+        return services.Outcome(True, 0, "")
+
+    monkeypatch.setattr(services, "restart_dhcpd", restart)
+    ports = DhcpdPorts(d)
+    d.state.dhcpd_unproven = True
+    refused = await ports.restart(90.0)
+    assert not refused.ok and "fails dhcpd -t" in refused.output and restarts == []
+    assert d.state.dhcpd_unproven
+    conf.write_text('option domain-name "x";\n')
+    ok = await ports.restart(90.0)
+    assert ok.ok and restarts == [90.0] and not d.state.dhcpd_unproven
+    d.state.dhcpd_unproven = False
+    conf.write_text("broken again;\n")
+    assert (await ports.restart(90.0)).ok  # a set proven whole is not checked again
