@@ -165,18 +165,21 @@ SLICED: dict[str, str] = {
 SLICE_IDS = 4096
 
 
-def id_slices(rows: Sequence[Any]) -> Iterator[tuple[list[tuple[Any, ...]], list[Any]]]:
+def id_slices(
+    rows: Sequence[Any],
+) -> Iterator[tuple[list[tuple[Any, ...]], Callable[[], list[Any]]]]:
     """``rows`` cut into consecutive runs of the same ``id // SLICE_IDS`` (id first), each as
-    (its plain tuples, its items). The runs cover ``rows`` in order whatever the order of the
-    ids; ordered ids (as read) make each run one whole slice of ids."""
+    its plain tuples and a function making its items (only a slice rendered again needs them).
+    The runs cover ``rows`` in order whatever the order of the ids; ordered ids (as read) make
+    each run one whole slice of ids."""
     if isinstance(rows, PackedRows):
         for run in _runs(rows.batches()):
-            yield run, rows.made(run)
+            yield run, functools.partial(rows.made, run)
         return
     items = list(rows)
     at = 0
     for run in _runs([[tuple(r) for r in items]]):
-        yield run, items[at : at + len(run)]
+        yield run, functools.partial(items.__getitem__, slice(at, at + len(run)))
         at += len(run)
 
 
@@ -326,7 +329,7 @@ class Renderer:
                 key = hashlib.blake2b(setting + marshal.dumps(plain, 2), digest_size=16).digest()
                 data = old.get(key)
                 if data is None:
-                    data = self._one(template, ctx, **{var: items})
+                    data = self._one(template, ctx, **{var: items()})
                     fresh += 1
                 new[key] = data
                 parts.append(data)

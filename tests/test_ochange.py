@@ -187,9 +187,9 @@ def test_an_operators_template_is_rendered_whole(tmp_path: Path) -> None:
 def test_id_slices_cover_the_rows_in_order(ids: list[int]) -> None:
     items = [model.ModemRef(i, mac(i)) for i in ids]
     runs = list(id_slices(items))
-    assert [x for _plain, run in runs for x in run] == items
+    assert [x for _plain, run in runs for x in run()] == items
     for plain, run in runs:
-        assert plain == [tuple(x) for x in run]
+        assert plain == [tuple(x) for x in run()]
     if ids == sorted(ids):
         assert len(runs) == len({i // SLICE_IDS for i in ids})
 
