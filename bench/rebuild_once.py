@@ -1,9 +1,10 @@
 """One rebuild in a fresh process, phase by phase: ``python bench/rebuild_once.py CONFIG [MODE]``.
 
 MODE ``provhad`` (default): a full read, as at startup, SIGHUP and the periodic rebuild.
-``change SOCKET``: what the daemon does for a change: a full read fills the row cache (not
-timed), a modem is changed through the server's admin SOCKET, and the rebuild after it reads
-incrementally. ``upstream``: upstream's full rewrite in place.
+``change SOCKET``: what the daemon does for a change: a full read fills the row cache, the
+rendered slices and the live files' digests (not timed, as the daemon's cycle before), a modem
+is changed through the server's admin SOCKET, and the rebuild after it reads incrementally.
+``upstream``: upstream's full rewrite in place.
 
 Prints one JSON object: seconds per phase, bytes written and this process's peak RSS. A child
 process per measurement keeps the peak RSS honest (nothing left over from earlier sizes).
@@ -21,7 +22,7 @@ import time
 import pymysql
 
 from provhad import config, cycle, db, generations, model, validate
-from provhad.plan import live_hashes, make_plan, stale_files
+from provhad.plan import LIVE, live_hashes, make_plan, stale_files
 from provhad.render import INCLUDERS, Renderer
 
 
@@ -48,9 +49,15 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
     facts = type(facts)(dt.datetime.now(dt.UTC), "nmsslave.nmsprime.test", facts.omapi)
     out: dict[str, float] = {}
     cache = None
+    renderer = Renderer(cfg)
     if mode == "change":
         cache = db.RowCache()
-        asyncio.run(db.read_snapshot(cfg.database, cache, full=True))
+        renderer = Renderer(cfg, slices=cycle.SLICES)
+        warm = renderer.render(
+            model.build(asyncio.run(db.read_snapshot(cfg.database, cache)), cfg.own_state), facts
+        )
+        live_hashes(warm, LIVE)
+        del warm
         change_one_modem(socket)
     t = time.perf_counter()
     snap = asyncio.run(db.read_snapshot(cfg.database, cache, full=cache is None))
@@ -61,10 +68,10 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
     t = time.perf_counter()
     m = model.build(snap, cfg.own_state)
     out["model_s"] = time.perf_counter() - t
-    renderer = Renderer(cfg)
     t = time.perf_counter()
     rendered = renderer.render(m, facts)
     out["render_s"] = time.perf_counter() - t
+    out["slices_rendered"], out["slices"] = cycle.SLICES.last if mode == "change" else (0, 0)
     if mode == "upstream":
         # upstream rewrites every file in place on every rebuild, then runs dhcpd -t
         t = time.perf_counter()
@@ -76,7 +83,10 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
         out["bytes_written"] = written
     else:
         t = time.perf_counter()
-        plan = make_plan(rendered, live_hashes(rendered), stale_files(rendered))
+        cycle.set_hash(rendered)
+        plan = make_plan(rendered, live_hashes(rendered, LIVE), stale_files(rendered))
+        out["plan_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         staged = generations.stage(plan, rendered)
         stage_s = time.perf_counter() - t
         t = time.perf_counter()
@@ -95,7 +105,8 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
             generations.discard(staged)
         out["write_s"] = stage_s + time.perf_counter() - t
         out["bytes_written"] = sum(len(f.data) for f in plan.write)
-    out["rebuild_s"] = out["snapshot_s"] + out["model_s"] + out["render_s"] + out["write_s"]
+    phases = ("snapshot_s", "model_s", "render_s", "plan_s", "write_s")
+    out["rebuild_s"] = sum(out.get(k, 0.0) for k in phases)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["hosts"] = len(m.modems) + len(m.mtas) + len(m.endpoints)
     return out

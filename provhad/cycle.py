@@ -23,6 +23,7 @@ from provhad.config import Config, ValidateConfig
 from provhad.facts import ConfStamp, find_omapi_key, missing_configfiles, network_access_hosts
 from provhad.model import Model, Pool, Reject
 from provhad.plan import (
+    LIVE,
     ShrinkHold,
     ShrinkLimits,
     judge_shrink,
@@ -38,6 +39,7 @@ from provhad.render import (
     HostFacts,
     RenderedSet,
     Renderer,
+    SliceCache,
     blame,
     optional_suspects,
 )
@@ -46,6 +48,9 @@ from provhad.validate import Validation
 
 #: How often a set is re-rendered after dhcpd rejected a row (each retry drops >= 1 culprit).
 MAX_ATTEMPTS = 25
+#: The host files' rendered slices, kept across the cycles of this process. Keyed by content
+#: (see render.SliceCache), so whoever shares it gets the same bytes as a whole render.
+SLICES = SliceCache()
 
 
 @contextlib.contextmanager
@@ -205,7 +210,7 @@ def set_counts(m: Model) -> dict[str, int]:
 def set_hash(rendered: RenderedSet) -> str:
     digest = hashlib.sha256()
     for path in sorted(rendered.files):
-        digest.update(f"{path}\0{generations.sha256(rendered.files[path].data)}\0".encode())
+        digest.update(f"{path}\0{rendered.files[path].digest}\0".encode())
     return digest.hexdigest()
 
 
@@ -217,13 +222,15 @@ def apply(
     held: str = "",
     *,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    slices: SliceCache | None = SLICES,
 ) -> Result:
     """Make the set rendered from ``snap`` live, unless the real daemons reject it.
 
     ``progress`` is called after each step (the daemon's watchdog is fed by it); a set whose
     hash equals ``held`` (one rejected before) is not validated or written again. A set the
     shrink guard holds is recorded in ``shrink-held.json`` and goes live once a confirmation
-    of that very set (not expired at ``now()``) is there.
+    of that very set (not expired at ``now()``) is there. ``slices``: where the host files'
+    slices are kept from one cycle to the next (None: rendered whole).
     """
     tick = progress or (lambda: None)
     result = Result(node=snap.node)
@@ -232,7 +239,7 @@ def apply(
     recovered = generations.recover(state_dir)
     if recovered:
         result.warnings.append(f"an interrupted publish was found and {recovered}")
-    renderer = Renderer(cfg)
+    renderer = Renderer(cfg, slices=slices)
     dropped_optional: dict[int, str] = {}
     dropped_rows: dict[tuple[str, int], str] = {}
     if facts.omapi is None:
@@ -263,6 +270,8 @@ def apply(
         result.model = m
         tick()
         rendered = renderer.render(m, facts, v6=m6)
+        if slices is not None:
+            result.warnings.extend(slices.take_mismatches())
         tick()
         if attempt == 0:
             result.set_hash = set_hash(rendered)
@@ -271,7 +280,7 @@ def apply(
                 result.error = "the same set as the one held back"
                 return result
         generations.clean_leftovers(generations.target_dirs(rendered))
-        todo = make_plan(rendered, live_hashes(rendered), stale_files(rendered))
+        todo = make_plan(rendered, live_hashes(rendered, LIVE), stale_files(rendered))
         if attempt == 0 and not todo.empty:
             live = live_counts(state_dir, rendered)
             verdict = judge_shrink(live, set_counts(m), ShrinkLimits.of(cfg.safety))
@@ -338,6 +347,8 @@ def apply(
         result.generation = manifest.generation if manifest else None
     else:
         result.generation = generations.swap(staged, state_dir, set_counts(m)).generation
+        for f in todo.write:  # the next cycle's plan need not read what was just written
+            LIVE.remember(f.path, f.digest)
     ShrinkHold.clear(state_dir)  # what is live now is not held back any more
     result.ok = True
     result.written = [f.path for f in todo.write]

@@ -19,7 +19,6 @@ from provhad.generations import (
     PublishError,
     file_sha256,
     replace_file,
-    sha256,
 )
 from provhad.render import DHCPD, RenderedFile, RenderedSet
 
@@ -46,14 +45,65 @@ class Plan:
         return {f.service for f in self.write} | ({DHCPD} if self.remove else set())
 
 
-def live_hashes(rendered: RenderedSet) -> dict[str, str | None]:
-    """Hash of each rendered path as it is on disk now (None: missing)."""
+#: a file's (inode, size, mtime, ctime): a rename or any write changes it
+Stamp = tuple[int, int, int, int]
+
+
+def stamp(path: str) -> Stamp:
+    """``path``'s :data:`Stamp`; OSError when it cannot be stat()ed."""
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class FileDigests:
+    """sha256 of files by path, read again only when a file's :data:`Stamp` changed.
+
+    A rename (a new inode) or any write (ctime) changes the stamp, so a file whose stamp is the
+    one seen before still holds the content hashed then (as state.DhcpdFiles relies on); a file
+    provhad just published is passed to :meth:`remember` with the hash of what it wrote.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[Stamp, str]] = {}
+
+    def digest(self, path: str) -> str:
+        """sha256 of ``path``'s content; OSError when it cannot be read."""
+        now = stamp(path)
+        known = self._known.get(path)
+        if known is None or known[0] != now:
+            known = (now, file_sha256(path))
+            self._known[path] = known
+        return known[1]
+
+    def remember(self, path: str, digest: str) -> None:
+        """``path`` was just written with content of sha256 ``digest``."""
+        try:
+            self._known[path] = (stamp(path), digest)
+        except OSError:
+            self._known.pop(path, None)
+
+    def keep_only(self, paths: Iterable[str]) -> None:
+        """Forget every other path (files no longer in the set)."""
+        keep = set(paths)
+        for path in self._known.keys() - keep:
+            del self._known[path]
+
+
+#: the live files' digests, kept across the cycles of this process
+LIVE = FileDigests()
+
+
+def live_hashes(rendered: RenderedSet, digests: FileDigests | None = None) -> dict[str, str | None]:
+    """Hash of each rendered path as it is on disk now (None: missing). With ``digests``,
+    only files whose stamp changed since they were hashed or written are read."""
+    known = digests or FileDigests()
     out: dict[str, str | None] = {}
     for path in rendered.files:
         try:
-            out[path] = file_sha256(path)
+            out[path] = known.digest(path)
         except OSError:  # missing or unreadable: write it (staging reports what is wrong)
             out[path] = None
+    known.keep_only(rendered.files)
     return out
 
 
@@ -71,7 +121,7 @@ def make_plan(rendered: RenderedSet, live: dict[str, str | None], stale: Iterabl
     write: list[RenderedFile] = []
     same: list[RenderedFile] = []
     for path, f in rendered.files.items():
-        (same if live.get(path) == sha256(f.data) else write).append(f)
+        (same if live.get(path) == f.digest else write).append(f)
     return Plan(tuple(write), tuple(stale), tuple(f.path for f in same))
 
 

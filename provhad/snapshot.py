@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 Row = dict[str, Any]
 
@@ -51,6 +51,16 @@ class PackedRows(Sequence[T]):
 
     def __len__(self) -> int:
         return self._length
+
+    def batches(self) -> Iterator[list[tuple[Any, ...]]]:
+        """The plain tuples, a blob at a time (what :meth:`made` turns into items)."""
+        for blob in self.blobs:
+            yield marshal.loads(blob)
+
+    def made(self, rows: Iterable[tuple[Any, ...]]) -> list[T]:
+        """``rows`` (plain tuples of :meth:`batches`) as the items iteration gives."""
+        make = self._make
+        return cast(list[T], list(rows)) if make is None else list(map(make, rows))
 
     def __iter__(self) -> Iterator[T]:
         make = self._make
