@@ -276,8 +276,8 @@ systemd/dhcpd-provhad.conf's ExecStartPre does.
   deletes and {f["adds"]} adds by OMAPI in {1000 * f["applied_s"]:.0f} ms (`omapi_applied`).
   The new modem had its ACK from the slave, with filename `cm/<hostname>.cfg` (read back by
   TFTP), **{f["served_s"]:.2f} s after the commit**. The renamed modem was served under its
-  new file; the deleted one and the old name got no lease (the CM pool denies unknown
-  clients). The slave's dhcpd kept its PID ({f["pid"]}), no restart line in its log:
+  new file (dhcpd no longer knows the old name); the deleted one got no lease (the CM pool
+  denies unknown clients). The slave's dhcpd kept its PID ({f["pid"]}), no restart line in its log:
   **0 restarts**. Asked by OMAPI, dhcpd's host table agreed with the files.
 """)
     if "refused_served_s" in f:

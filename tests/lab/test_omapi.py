@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -88,20 +88,26 @@ def host_records(lab: HALab) -> list[str]:
     return re.findall(r"^host (\S+) \{", lab.slave_leases.read_text(errors="replace"), re.M)
 
 
+def wait_state(lab: HALab, pred: Callable[[dict[str, Any]], bool], timeout: float = 30) -> None:
+    """Wait until provhad's state file satisfies ``pred`` (it is saved after each step)."""
+    deadline = time.monotonic() + timeout
+    while not pred(s := lab.provhad_state()):
+        assert time.monotonic() < deadline, {k: v for k, v in s.items() if "dhcpd_r" not in k}
+        time.sleep(0.05)  # polling provhad's state file; bounded by the deadline
+
+
 def settled(lab: HALab, timeout: float = 90) -> None:
     """dhcpd runs the live set (nothing due) and the slave is in failover normal."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = lab.provhad_state()
-        if (
-            s.get("dhcpd_applied_set")
+    wait_state(
+        lab,
+        lambda s: (
+            bool(s.get("dhcpd_applied_set"))
             and s.get("dhcpd_applied_set") == s.get("dhcpd_running_set")
-            and s.get("dhcpd_last_restart_ok")
+            and bool(s.get("dhcpd_last_restart_ok"))
             and not s.get("omapi_inflight")
-        ):
-            break
-        assert time.monotonic() < deadline, s
-        time.sleep(0.05)  # polling provhad's state file; bounded by the deadline
+        ),
+        timeout,
+    )
     states = lab.slave_log.states()
     assert states and states[-1] == "normal", states
 
@@ -194,16 +200,17 @@ def test_host_changes_go_live_without_restart(pair: Lab) -> None:
     t_served = ack.at - t_commit
     env.served_by_host(moved_to)
     env.not_served(gone)
-    env.not_served(renamed(moved, moved.name))
 
     assert (applied["deletes"], applied["adds"]) == ("2", "2"), applied
     assert lab.slave_pid() == pid
     assert RESTART_LINE not in lab.slave_log.text()[slave_mark:]
     assert not events(lab, "omapi_fallback", log_mark)
     published = wait_event(lab, "published", log_mark)
+    # the state file tells (STATUS too: both are written by the supervisor's report)
+    wait_state(lab, lambda s: s["omapi_hosts"] == before["omapi_hosts"] + 4)
     after = lab.provhad_state()
-    assert after["omapi_hosts"] == before["omapi_hosts"] + 4, after
     assert after["dhcpd_running_set"] == after["dhcpd_applied_set"], after
+    assert after["omapi_last"].endswith(" -2 +2"), after
     # dhcpd's own host table, asked by OMAPI
     assert lookup(lab, gone.name) is None
     assert lookup(lab, moved.name) is None
@@ -259,8 +266,7 @@ def test_refused_by_dhcpd_falls_back_to_restart(pair: Lab) -> None:
     assert lab.slave_pid() != pid
     assert c.name not in host_records(lab)  # strip-hosts ran before the start
     assert lookup(lab, c.name) == {"name": c.name, "hardware-address": c.mac, "hardware-type": 1}
-    after = lab.provhad_state()
-    assert "exists" in after["omapi_fallback"], after
+    wait_state(lab, lambda s: "exists" in s["omapi_fallback"])
     env.figures.update(refused_served_s=ack.at - t_commit, refused_reason=fallback["reason"])
     settled(lab)
 
@@ -346,6 +352,7 @@ def test_rejected_row_never_reaches_omapi(pair: Lab) -> None:
         cur.execute("COMMIT")
     applied = wait_event(lab, "omapi_applied", log_mark)
     assert (applied["deletes"], applied["adds"]) == ("0", "1"), applied
+    wait_state(lab, lambda s: any(str(bad_row["id"]) in r for r in s["rejected"]))
     rejected = [r for r in lab.provhad_state()["rejected"] if str(bad_row["id"]) in r]
     assert rejected and "modem" in rejected[0], lab.provhad_state()["rejected"]
     assert bad.name not in lab.dhcp_file("slave", "modems-host.conf").read_text()
