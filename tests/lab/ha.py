@@ -17,8 +17,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from provhad.config import PathsConfig
+from provhad import omapi
+from provhad.config import PathsConfig, RenderConfig
+from provhad.omapi import OmapiClient
+from provhad.state import STATE_FILE
 from provhad.testbed import NotifyListener, ScratchDatabase
 from tests.lab.netlab import MASTER_IP, SLAVE_IP, SLAVE_IP6, Topology, ip
 from tests.lab.relay import Client
@@ -162,11 +166,20 @@ def kea_main_config(gateways: Path) -> str:
 
 
 def restart_script(
-    path: Path, pidfile: Path, argv: list[str], log: Path, env: dict[str, str] | None = None
+    path: Path,
+    pidfile: Path,
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    before: list[list[str]] | None = None,
 ) -> None:
-    """A script that stops the process in ``pidfile`` (TERM, KILL after 5 s) and starts
-    ``argv`` detached, output to ``log``: what ``systemctl restart`` does on a host."""
+    """A script that stops the process in ``pidfile`` (TERM, KILL after 5 s), runs the
+    commands ``before`` (a failing one stops the script, as a failing ExecStartPre keeps
+    systemd from starting the unit) and starts ``argv`` detached, output to ``log``: what
+    ``systemctl restart`` does on a host."""
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
+    pre = "".join(f"{shlex.join(cmd)} >> {shlex.quote(str(log))} 2>&1 || exit 1\n"
+                  for cmd in before or [])  # fmt: skip
     path.write_text(f"""#!/bin/sh
 PF={shlex.quote(str(pidfile))}
 if [ -s "$PF" ]; then
@@ -180,7 +193,7 @@ if [ -s "$PF" ]; then
     sleep 0.05
   done
 fi
-{exports}echo "=== restart by provhad" >> {shlex.quote(str(log))}
+{pre}{exports}echo "=== restart by provhad" >> {shlex.quote(str(log))}
 setsid {shlex.join(argv)} < /dev/null >> {shlex.quote(str(log))} 2>&1 &
 echo $! > "$PF"
 """)
@@ -250,6 +263,13 @@ class HALab:
         self.master_log = LogWatch(self.tmp / "master-dhcpd.log")
         self.slave_log = LogWatch(self.tmp / "slave-dhcpd.log")
         self.notify = NotifyListener(self.tmp / "notify.sock")
+        self.provhad_log = LogWatch(self.tmp / "provhad.log")
+        #: the slave's OMAPI key ([render] omapi_secret: failover.conf declares it to dhcpd)
+        self.omapi_secret = base64.b64encode(secrets.token_bytes(16)).decode()
+        #: where provhad reaches the slave dhcpd's OMAPI (a link into the slave namespace:
+        #: on a real node, 127.0.0.1); set by start_daemon
+        self.omapi_host = ""
+        self.restart_script = self.tmp / "slave-restart.sh"
 
     def dhcp_file(self, node: str, name: str) -> Path:
         return (self.master_root if node == "master" else self.slave_root) / DHCP_DIR / name
@@ -362,16 +382,28 @@ exit $rc
         )
         return ["sh", "-c", mounts + ' && exec "$@"', "sh"], {"PATH": path}
 
+    @property
+    def slave_leases(self) -> Path:
+        return self.slave_root / "var/lib/dhcp/dhcpd.leases"
+
+    @property
+    def slave_pidfile(self) -> Path:
+        return self.slave_root / "var/lib/dhcp/dhcpd.pid"
+
     def slave_scripts(self) -> tuple[Path, Path]:
-        pidfile = self.slave_root / "var/lib/dhcp/dhcpd.pid"
-        restart, check = self.tmp / "slave-restart.sh", self.tmp / "slave-check.sh"
+        """The slave dhcpd's restart script (``provhad strip-hosts`` on its lease file before
+        the start, as systemd/dhcpd-provhad.conf's ExecStartPre) and its check script."""
+        pidfile = self.slave_pidfile
+        restart, check = self.restart_script, self.tmp / "slave-check.sh"
         view, env = self.slave_view()
+        strip = [sys.executable, "-m", "provhad.cli", "strip-hosts", str(self.slave_leases)]
         restart_script(
             restart,
             pidfile,
             self.net.exec_argv("slave", *view, *self.dhcpd_argv(self.slave_root)),
             self.slave_log.path,
             env,
+            before=[strip],
         )
         check.write_text(f'#!/bin/sh\nkill -0 "$(cat {pidfile})" 2>/dev/null\n')
         check.chmod(0o755)
@@ -396,11 +428,13 @@ exit $rc
         return script
 
     def start_daemon(self) -> None:
+        """Write the slave's provhad config and scripts, start ``provhad run`` on them."""
         restart, check = self.slave_scripts()
+        self.omapi_host = self.net.link_host("slave")
         conf = self.tmp / "slave.toml"
-        v6, kea = "", ""
+        v6, kea = f'omapi_secret = "{self.omapi_secret}"', ""
         if self.kea is not None:
-            v6 = "dhcpv6 = true"
+            v6 += "\ndhcpv6 = true"
             kea = f"""
 [validate]
 kea_dhcp6 = "{self.kea}"
@@ -426,8 +460,14 @@ restart_command = ["{restart}"]
 check_command = ["{check}"]
 check_attempts = 3
 check_interval = 0.3
+omapi_host = "{self.omapi_host}"
 """
         )
+        self.spawn_daemon()
+
+    def spawn_daemon(self) -> None:
+        """Start ``provhad run`` on the slave's config (again, after :meth:`kill_daemon`)."""
+        conf = self.tmp / "slave.toml"
         env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
         env["NOTIFY_SOCKET"] = str(self.notify.path)
         with (self.tmp / "provhad.log").open("ab") as log:
@@ -437,6 +477,35 @@ check_interval = 0.3
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+
+    def kill_daemon(self) -> None:
+        """provhad dies (SIGKILL: no cleanup, its state file as it last saved it)."""
+        assert self.daemon is not None
+        self.daemon.kill()
+        self.daemon.wait(timeout=30)
+        self.notify.drain()
+
+    def provhad_state(self) -> dict[str, Any]:
+        """The slave provhad's state file (state.json), as last saved."""
+        path = self.slave_root / Path(PathsConfig().state_dir).relative_to("/") / STATE_FILE
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def slave_pid(self) -> int:
+        """The running slave dhcpd's PID (its pid file; asserted alive)."""
+        pid = int(self.slave_pidfile.read_text())
+        os.kill(pid, 0)
+        return pid
+
+    def restart_slave_behind(self) -> None:
+        """Restart the slave's dhcpd with its restart script, behind provhad's back (an
+        operator's ``systemctl restart``); the script's log line says "by provhad"."""
+        subprocess.run([str(self.restart_script)], check=True, timeout=60)
+
+    def omapi(self) -> OmapiClient:
+        """An OMAPI client of the slave's dhcpd with its key (for the test to look)."""
+        return OmapiClient(self.omapi_host, omapi.PORT, RenderConfig().omapi_key_name,
+                           self.omapi_secret)  # fmt: skip
 
     def daemon_alive(self) -> bool:
         return self.daemon is not None and self.daemon.poll() is None

@@ -162,6 +162,23 @@ class Topology:
         for addr in self.relay_addresses:
             self.add_relay_address(addr)
 
+    def link_host(self, node: str) -> str:
+        """A veth pair from this (the host's) namespace into ``node``'s, as the host reaches a
+        service on its own loopback (provhad to its dhcpd's OMAPI); returns ``node``'s address
+        on it. Deleting the namespace takes the pair with it. A random /30 of 198.19.0.0/16,
+        away from the lab's pools and from tests/test_omapi.py's 198.18.N.0/24."""
+        net = f"198.19.{1 + secrets.randbelow(254)}.{4 * secrets.randbelow(64)}"
+        base = int(net.rsplit(".", 1)[1])
+        prefix = net.rsplit(".", 1)[0]
+        here, there = f"{prefix}.{base + 1}", f"{prefix}.{base + 2}"
+        iface = f"{self.prefix}-{node[:2]}"
+        ip("link", "add", iface, "type", "veth", "peer", "name", "host0", "netns", self.ns(node))
+        ip("addr", "add", f"{there}/30", "dev", "host0", ns=self.ns(node))
+        ip("link", "set", "host0", "up", ns=self.ns(node))
+        ip("addr", "add", f"{here}/30", "dev", iface)
+        ip("link", "set", iface, "up")
+        return there
+
     def add_relay_address(self, addr: str) -> None:
         ip("addr", "add", f"{addr}/32", "dev", "lo", ns=self.ns("cmts"))
 
