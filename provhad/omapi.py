@@ -256,6 +256,14 @@ class OmapiClient:
         steps += [(e.name, functools.partial(self._add, entry=e)) for e in delta.add]
         applied, failed = 0, list[tuple[str, str]]()
         async with self._lock:
+            if self._conn is not None and steps:
+                # a connection kept from before may lead to a dhcpd that has restarted since
+                # (provhad's restart, an operator's): proven by a harmless lookup, else it is
+                # replaced before anything is sent, not taken for a change in doubt
+                try:
+                    await self._in_thread(functools.partial(self._open_by_name, name=""))
+                except OmapiUnavailable:
+                    pass  # dropped: the first step connects again
             for name, step in steps:
                 try:
                     await self._in_thread(step)

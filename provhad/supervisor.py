@@ -139,9 +139,10 @@ class Supervisor:
             # dhcpd runs and only its files differ: host changes go live without a restart
             # (not paced: they cost dhcpd nothing)
             s = self.state
-            if s.dhcpd_running_set and s.dhcpd_last_restart_ok and await self._live():
-                return
-            if self.clock() < self.not_before:
+            live = s.dhcpd_running_set and s.dhcpd_last_restart_ok and await self._live()
+            if live or self.clock() < self.not_before:
+                # (reported below either way: the OMAPI path changes the state too)
+                self.report()
                 return
             try:
                 await self._restart()
