@@ -260,10 +260,8 @@ class OmapiClient:
                 # a connection kept from before may lead to a dhcpd that has restarted since
                 # (provhad's restart, an operator's): proven by a harmless lookup, else it is
                 # replaced before anything is sent, not taken for a change in doubt
-                try:
+                with contextlib.suppress(OmapiUnavailable):  # dropped: the step reconnects
                     await self._in_thread(functools.partial(self._open_by_name, name=""))
-                except OmapiUnavailable:
-                    pass  # dropped: the first step connects again
             for name, step in steps:
                 try:
                     await self._in_thread(step)
