@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import pymysql
 
 from bench.prober import ANSWER_TIMEOUT, Probe, Prober
 from provhad import config, db, hosts, model, mqtt, sample, validate
-from provhad.testbed import MariaDB, Mosquitto, ScratchDatabase
+from provhad.testbed import MariaDB, Mosquitto
 from tests.lab.ha import DHCP_DIR, HALab, config_text
 from tests.lab.netlab import SLAVE_IP, Topology, ip
 from tests.lab.relay import Client
@@ -97,7 +97,8 @@ class ChurnLab(HALab):
         if self._scripts is None:
             restart, check = self.slave_scripts()
             wrapper = self.tmp / "slave-restart-logged.sh"
-            wrapper.write_text(f"#!/bin/sh\necho $(date +%s.%N) >> {self.restarts}\nexec {restart}\n")
+            log = f"echo $(date +%s.%N) >> {self.restarts}"
+            wrapper.write_text(f"#!/bin/sh\n{log}\nexec {restart}\n")
             wrapper.chmod(0o755)
             self._scripts = wrapper, check
         return self._scripts
@@ -188,8 +189,7 @@ def choose_targets(conn: pymysql.Connection, seed: int) -> Targets:
             routers.setdefault(typ, router)
         live = "deleted_at IS NULL AND public = 0 AND mac REGEXP %s"
         cur.execute(
-            f"SELECT id, hostname, mac FROM modem WHERE {live} AND internet_access = 1"
-            " ORDER BY id",
+            f"SELECT id, hostname, mac FROM modem WHERE {live} AND internet_access = 1 ORDER BY id",
             (GOOD_MAC,),
         )
         modems = list(cur.fetchall())
@@ -329,8 +329,15 @@ def warm_up(lab: ChurnLab, controls: list[Client], timeout: float) -> float:
     start = time.monotonic()
     prober = Prober(lab.net.ns("cmts"), SLAVE_IP, RATE)
     prober.start(lambda tick: (controls[tick % len(controls)], True))
+    kicked = False
     try:
         while time.monotonic() - start < timeout:
+            if not kicked and time.monotonic() - start > timeout / 2:
+                # seen here: the slave rejects the master's first balancing ("peer holds all
+                # free leases"); a fresh start of the master balances again
+                lab.kill_master()
+                lab.start_master()
+                kicked = True
             settled = sorted(prober.settled(time.monotonic()), key=lambda p: p.sent_at)
             if len(settled) >= 20 and all(p.answered_at for p in settled[-20:]):
                 return time.monotonic() - start
@@ -538,9 +545,7 @@ def measure(work: Path, modems: int, seconds: int, modes: tuple[str, ...]) -> di
         secret = base64.b64encode(secrets.token_bytes(32)).decode()
         for mode in modes:
             print(f"== churn {modems}: {mode}", file=sys.stderr, flush=True)
-            out[mode] = run_mode(
-                lab, mode, targets, driver, seconds, secret, broker, start_timeout
-            )
+            out[mode] = run_mode(lab, mode, targets, driver, seconds, secret, broker, start_timeout)
             print(json.dumps(out[mode]), file=sys.stderr, flush=True)
         lab.stop_slave()
         conf = lab.slave_config()  # the files as rendered now, for the option definitions
@@ -557,8 +562,8 @@ def results(per_size: dict[str, dict[str, Any]]) -> dict[str, Any]:
         modes = r["modes"]
         entry = {k: v for k, v in modes.items() if k != "omapi_mqtt"}
         if "omapi" in entry and "omapi_mqtt" in modes:
-            entry["omapi"] = dict(entry["omapi"], served_p99_mqtt_s=modes["omapi_mqtt"]["served_p99_s"],
-                                  mqtt=modes["omapi_mqtt"])  # fmt: skip
+            mq = modes["omapi_mqtt"]
+            entry["omapi"] = dict(entry["omapi"], served_p99_mqtt_s=mq["served_p99_s"], mqtt=mq)
         churn[size] = entry
     return {
         "churn": churn,
