@@ -47,6 +47,8 @@ SCHEMA = REPO / "tests" / "fixtures" / "schema.sql"
 RATE = 20.0  # probes per second
 CONTROLS = 20  # unchanged modems probed in turn
 POLL_INTERVAL = 1.0
+#: warm-up: restart the master's dhcpd when the slave has not answered for this long
+KICK_AFTER = 45.0
 #: change kinds and their weights in the mix
 MIX = {"insert": 3, "hostname": 2, "configfile": 2, "access": 1, "delete": 2}
 #: a management link from the host into the slave's namespace: provhad runs on the host (the
@@ -329,15 +331,16 @@ def warm_up(lab: ChurnLab, controls: list[Client], timeout: float) -> float:
     start = time.monotonic()
     prober = Prober(lab.net.ns("cmts"), SLAVE_IP, RATE)
     prober.start(lambda tick: (controls[tick % len(controls)], True))
-    kicked = False
+    kicked = start
     try:
         while time.monotonic() - start < timeout:
-            if not kicked and time.monotonic() - start > timeout / 2:
-                # seen here: the slave rejects the master's first balancing ("peer holds all
-                # free leases"); a fresh start of the master balances again
+            if time.monotonic() - kicked > KICK_AFTER:
+                # seen here: the slave rejects the master's first pool balancing ("incoming
+                # update is less critical than outgoing update", then "peer holds all free
+                # leases"); a fresh start of the master balances again
                 lab.kill_master()
                 lab.start_master()
-                kicked = True
+                kicked = time.monotonic()
             settled = sorted(prober.settled(time.monotonic()), key=lambda p: p.sent_at)
             if len(settled) >= 20 and all(p.answered_at for p in settled[-20:]):
                 return time.monotonic() - start
@@ -532,7 +535,7 @@ def lab_network(work: Path, modems: int) -> Iterator[ChurnLab]:
 
 def measure(work: Path, modems: int, seconds: int, modes: tuple[str, ...]) -> dict[str, Any]:
     """All modes at one size, then the validation times."""
-    start_timeout = 120 + modems / 500  # 500k: dhcpd's start and failover's balancing
+    start_timeout = 240 + modems / 500  # 500k: dhcpd's start and failover's balancing
     out: dict[str, Any] = {}
     with lab_network(work, modems) as lab, Mosquitto(work / "mqtt") as broker:
         (lab.tmp).mkdir(parents=True, exist_ok=True)
