@@ -377,6 +377,17 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         ):  # fmt: skip
             lines.append(f"| {name} | {int(size):,} | {'yes' if ok else '**no**'} | {val} |")
     lines.append("")
+    if any(m.get("omapi", {}).get("restarts") for m in r["churn"].values()):
+        lines += [
+            "Why OMAPI mode restarts: a network-access change rewrites blocked.conf (a "
+            "subclass, not a host file), so the supervisor restarts dhcpd, paced by "
+            "`min_restart_interval`; until that restart the live set and what dhcpd runs "
+            "differ in more than hosts, so host changes published meanwhile are not sent by "
+            "OMAPI either and wait for the restart (this is what drives the OMAPI p99 above). "
+            "Carrying the blocked subclass by OMAPI, or letting host deltas through while a "
+            "class restart is pending, would remove both.",
+            "",
+        ]
     run = set(cs.get("sizes", []))
     missing = [n for n in ("100000", "500000") if n not in run]
     if missing or cs.get("minutes", 10) < 10:
