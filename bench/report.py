@@ -295,7 +295,11 @@ def churn_section(r: dict[str, Any]) -> list[str]:
     """The section "Slave availability under churn" from bench/churn.py's keys (none: a note)."""
     lines = ["## Slave availability under churn", ""]
     if "churn" not in r:
-        return [*lines, "Not measured yet: `sudo scripts/bench --churn-only`.", ""]
+        lines += ["No complete run yet: `sudo scripts/bench --churn-only [--quick]`.", ""]
+        for a in r.get("churn_partial", []):
+            lines += [f"Partial run {a['date']} (`{a['command']}`): {a['note']}", ""]
+            lines += ["```", json.dumps(a["results"], indent=1, sort_keys=True), "```", ""]
+        return lines
     cs = r.get("churn_settings", {})
     poll = cs.get("poll_interval_s", 1.0)
     lines += [
