@@ -390,10 +390,38 @@ def upstream_latency(rebuild_s: float, changes: int) -> dict[str, float]:
     return {"p50": pct(waits, 50), "p99": pct(waits, 99), "max": max(waits), "n": changes}
 
 
+CHURN_KEYS = ("churn", "churn_settings", "validate_host_change_s", "validate_full_s")
+
+
+def churn(quick: bool, sizes: list[int] | None) -> dict[str, Any]:
+    """bench/churn.py in a child process (it needs root: network namespaces); its keys."""
+    argv = [sys.executable, "-m", "bench.churn", *(["--quick"] if quick else [])]
+    if sizes:
+        argv += ["--sizes", *map(str, sizes)]
+    out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    parser.add_argument(
+        "--churn", action="store_true", help="also: slave availability under churn (root)"
+    )
+    parser.add_argument(
+        "--churn-only",
+        action="store_true",
+        help="only the churn benchmark: its keys replace those in bench/results.json",
+    )
+    parser.add_argument("--churn-sizes", type=int, nargs="+", help="modems for the churn part")
     args = parser.parse_args(argv)
+    results_path = BENCH / "results.json"
+    if args.churn_only:
+        kept = json.loads(results_path.read_text()) if results_path.exists() else {}
+        kept.update(churn(args.quick, args.churn_sizes))
+        results_path.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+        subprocess.run([sys.executable, str(BENCH / "report.py")], check=True, cwd=REPO)
+        return 0
     sizes = [10_000, 50_000] if args.quick else [10_000, 100_000, 500_000]
     repeats = 2 if args.quick else 3
     work = Path(tempfile.mkdtemp(prefix="provhad-bench-"))
@@ -440,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     flat = flatten(results)
+    if args.churn:
+        flat.update(churn(args.quick, args.churn_sizes))
+    elif results_path.exists():  # a run without the churn part keeps the last churn results
+        last = json.loads(results_path.read_text())
+        flat.update({k: last[k] for k in CHURN_KEYS if k in last})
     (BENCH / "results.json").write_text(json.dumps(flat, indent=1, sort_keys=True) + "\n")
     subprocess.run([sys.executable, str(BENCH / "report.py")], check=True, cwd=REPO)
     return 0

@@ -1,0 +1,612 @@
+"""Slave availability under churn: ``python -m bench.churn [--quick] [--sizes N ...]`` (root).
+
+The HA lab's real failover pair (network namespaces, the master's and the slave's dhcpd) on a
+sample network of N modems. One modem changes per second (inserts, hostname, configfile and
+network-access updates, soft deletes) while a prober asks the slave's dhcpd 20 times a second
+for unchanged modems (controls) and for the changed clients. Modes, one after the other on the
+same network: provhad with OMAPI (polling, then the MQTT trigger), provhad restarting dhcpd
+(``[dhcpd] omapi = false``) and upstream's per-minute rebuild + restart. Prints one JSON object
+(what bench/run.py stores under ``churn``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import random
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from bench.prober import ANSWER_TIMEOUT, Probe, Prober
+from provhad import config, db, hosts, model, mqtt, sample, validate
+from provhad.testbed import MariaDB, Mosquitto
+from tests.lab.ha import DHCP_DIR, HALab, config_text
+from tests.lab.netlab import SLAVE_IP, Topology, ip
+from tests.lab.relay import Client
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = REPO / "tests" / "fixtures" / "schema.sql"
+RATE = 20.0  # probes per second
+CONTROLS = 20  # unchanged modems probed in turn
+POLL_INTERVAL = 1.0
+#: warm-up: restart the master's dhcpd when the slave has not answered for this long
+KICK_AFTER = 45.0
+#: change kinds and their weights in the mix
+MIX = {"insert": 3, "hostname": 2, "configfile": 2, "access": 1, "delete": 2}
+#: a management link from the host into the slave's namespace: provhad runs on the host (the
+#: lab database and broker listen on its 127.0.0.1) and reaches the slave's OMAPI through it
+MGMT_HOST, MGMT_SLAVE = "169.254.77.1", "169.254.77.2"
+GOOD_MAC = "^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+MODES = ("omapi", "omapi_mqtt", "restart", "upstream")
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    """The p-th percentile (nearest rank); None without values."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def management_link(net: Topology) -> None:
+    """A veth pair host <-> slave namespace (link-local /30; it dies with the namespace)."""
+    host_end, slave_end = f"{net.prefix}-m", "mgmt0"
+    ip("link", "add", host_end, "type", "veth", "peer", "name", slave_end, "netns", net.ns("slave"))
+    ip("addr", "add", f"{MGMT_HOST}/30", "dev", host_end)
+    ip("link", "set", host_end, "up")
+    ip("addr", "add", f"{MGMT_SLAVE}/30", "dev", slave_end, ns=net.ns("slave"))
+    ip("link", "set", slave_end, "up", ns=net.ns("slave"))
+
+
+class ChurnLab(HALab):
+    """The HA lab with the slave's dhcpd started as provhad requires (host records stripped
+    from its lease file first), restarts logged, and provhad configured per mode."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.restarts = self.tmp / "restarts.log"
+        self.restarts.touch()
+        self._scripts: tuple[Path, Path] | None = None
+
+    def dhcpd_argv(self, root: Path) -> list[str]:
+        argv = super().dhcpd_argv(root)
+        if root != self.slave_root:
+            return argv
+        strip = 'p=$1; lf=$2; shift 2; "$p" -m provhad.cli strip-hosts "$lf" && exec "$@"'
+        leases = str(root / "var/lib/dhcp/dhcpd.leases")
+        return ["sh", "-c", strip, "strip", sys.executable, leases, *argv]
+
+    def restart_command(self) -> tuple[Path, Path]:
+        """The slave's restart script (logging each call to ``restarts``) and check script."""
+        if self._scripts is None:
+            restart, check = self.slave_scripts()
+            wrapper = self.tmp / "slave-restart-logged.sh"
+            log = f"echo $(date +%s.%N) >> {self.restarts}"
+            wrapper.write_text(f"#!/bin/sh\n{log}\nexec {restart}\n")
+            wrapper.chmod(0o755)
+            self._scripts = wrapper, check
+        return self._scripts
+
+    def restart_count(self) -> int:
+        return len(self.restarts.read_text().split())
+
+    def slave_config(self, render: str = "", rest: str = "") -> Path:
+        conf = self.tmp / "slave.toml"
+        conf.write_text(config_text(self.db, "slave", self.slave_root, render) + rest)
+        return conf
+
+    def start_provhad(self, conf: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        env["NOTIFY_SOCKET"] = str(self.notify.path)
+        with (self.tmp / "provhad.log").open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "provhad.cli", "run", "--config", str(conf), "--log",
+                 "plain", "--log-level", "info"],
+                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def stop_slave(self) -> None:
+        """provhad (SIGTERM) and the slave's dhcpd stop; the slave's files and provhad's state
+        go (the lease file stays: the slave keeps its failover leases across modes)."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        self.daemon = None
+        pidfile = self.slave_root / "var/lib/dhcp/dhcpd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text())
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # bounded: waiting for dhcpd to exit
+        pidfile.unlink(missing_ok=True)
+        shutil.rmtree(self.slave_root / DHCP_DIR, ignore_errors=True)
+        shutil.rmtree(self.slave_root / "var/lib/provhad", ignore_errors=True)
+        self.notify.drain()
+
+
+@dataclass
+class Change:
+    """One committed change, whom it shows on, and what the slave answers once it holds it:
+    ``answer:F`` an OFFER with filename F, ``answer`` any OFFER, ``silent`` none, None: the
+    change does not touch what dhcpd serves (a configfile: only the TFTP file differs)."""
+
+    kind: str
+    at: float
+    client: Client
+    expect: str | None
+    served_at: float | None = None
+    probes: int = 0
+
+
+@dataclass
+class Targets:
+    """The modems the run touches, chosen once per network."""
+
+    controls: list[Client]
+    changeable: list[tuple[int, str, str]]  # id, hostname, mac
+    blocked: list[tuple[int, str]]  # id, mac
+    gi_cm: str
+    gi_cpe: str
+
+
+def cm_client(name: str, mac: str, gi: str) -> Client:
+    return Client(name, "cm", mac, mac, gi, "docsis3.0")
+
+
+def choose_targets(conn: pymysql.Connection, seed: int) -> Targets:
+    """Controls, modems to change and blocked modems (for network-access changes), and one
+    live CMTS's CM and private CPE routers as the relay's giaddr (hosts match on any network)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT p.type, p.router_ip FROM ippool p JOIN netgw g ON g.id = p.netgw_id"
+            " WHERE p.deleted_at IS NULL AND g.deleted_at IS NULL AND p.active = 1"
+            " AND p.type IN ('CM', 'CPEPriv') ORDER BY g.id, p.id"
+        )
+        routers: dict[str, str] = {}
+        for typ, router in cur.fetchall():
+            routers.setdefault(typ, router)
+        live = "deleted_at IS NULL AND public = 0 AND mac REGEXP %s"
+        cur.execute(
+            f"SELECT id, hostname, mac FROM modem WHERE {live} AND internet_access = 1 ORDER BY id",
+            (GOOD_MAC,),
+        )
+        modems = list(cur.fetchall())
+        cur.execute(
+            f"SELECT id, mac FROM modem WHERE {live} AND internet_access = 0 ORDER BY id",
+            (GOOD_MAC,),
+        )
+        blocked = list(cur.fetchall())
+    rng = random.Random(seed)
+    picked = rng.sample(modems, min(len(modems), CONTROLS + 3000))
+    controls = [cm_client(h, m, routers["CM"]) for _i, h, m in picked[:CONTROLS]]
+    rng.shuffle(blocked)
+    return Targets(controls, picked[CONTROLS:], blocked, routers["CM"], routers["CPEPriv"])
+
+
+class Driver:
+    """Makes the changes (one per call) through the admin connection, like the master's GUI."""
+
+    def __init__(self, conn: pymysql.Connection, targets: Targets, seed: int) -> None:
+        self.conn = conn
+        self.t = targets
+        self.rng = random.Random(seed)
+        self.serial = 0
+
+    def _next_serial(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def change(self) -> Change:
+        kind = self.rng.choices(list(MIX), weights=list(MIX.values()))[0]
+        if kind == "access" and not self.t.blocked:
+            kind = "hostname"
+        k = self._next_serial()
+        with self.conn.cursor() as cur:
+            if kind == "insert":
+                mac = f"02:c4:{k >> 16 & 255:02x}:{k >> 8 & 255:02x}:{k & 255:02x}:01"
+                name = f"cm-churn{k}-{secrets.token_hex(2)}"
+                cur.execute(
+                    "INSERT INTO modem (hostname, mac, contract_id, internet_access, public,"
+                    " configfile_id, created_at, updated_at) VALUES (%s, %s, %s, 1, 0, %s,"
+                    " NOW(), NOW())",
+                    (name, mac, sample.CONTRACT_ID0, 3),
+                )
+                client, expect = cm_client(name, mac, self.t.gi_cm), f"answer:cm/{name}.cfg"
+            elif kind == "access":
+                mid, mac = self.t.blocked.pop()
+                cur.execute(
+                    "UPDATE modem SET internet_access = 1, updated_at = NOW() WHERE id = %s",
+                    (mid,),
+                )
+                cpe = f"02:cb:{k >> 16 & 255:02x}:{k >> 8 & 255:02x}:{k & 255:02x}:02"
+                client, expect = Client(f"cpe-of-{mid}", "cpe", cpe, mac, self.t.gi_cpe), "answer"
+            else:
+                mid, host, mac = self.t.changeable.pop()
+                if kind == "hostname":
+                    name = f"{host}-r{k}"
+                    cur.execute(
+                        "UPDATE modem SET hostname = %s, updated_at = NOW() WHERE id = %s",
+                        (name, mid),
+                    )
+                    client, expect = cm_client(name, mac, self.t.gi_cm), f"answer:cm/{name}.cfg"
+                elif kind == "configfile":
+                    cur.execute(
+                        "UPDATE modem SET configfile_id = IF(configfile_id = 3, 5, 3),"
+                        " updated_at = NOW() WHERE id = %s",
+                        (mid,),
+                    )
+                    client, expect = cm_client(host, mac, self.t.gi_cm), None
+                else:
+                    cur.execute(
+                        "UPDATE modem SET deleted_at = NOW(), updated_at = NOW() WHERE id = %s",
+                        (mid,),
+                    )
+                    client, expect = cm_client(host, mac, self.t.gi_cm), "silent"
+        self.conn.commit()
+        return Change(kind, time.monotonic(), client, expect)
+
+
+class Run:
+    """One mode's churn: the change schedule, the prober's schedule and the outcome."""
+
+    def __init__(self, prober: Prober, controls: list[Client]) -> None:
+        self.prober = prober
+        self.controls = controls
+        self.changes: list[Change] = []
+        self.lock = threading.Lock()
+        self._seen = 0  # probes already matched against changes
+
+    def pending(self) -> list[Change]:
+        with self.lock:
+            return [c for c in self.changes if c.expect is not None and c.served_at is None]
+
+    def pick(self, tick: int) -> tuple[Client, bool]:
+        """Even ticks: a control; odd ticks: the pending change probed least so far."""
+        if tick % 2:
+            waiting = self.pending()
+            if waiting:
+                change = min(waiting, key=lambda c: c.probes)
+                change.probes += 1
+                return change.client, False
+        return self.controls[tick // 2 % len(self.controls)], True
+
+    def match(self, now: float) -> None:
+        """Mark the changes that the probes settled (with controls around them) show served."""
+        probes = list(self.prober.probes.values())
+        horizon = now - ANSWER_TIMEOUT - 1.5  # the controls within 1 s after are settled too
+        upto = self._seen
+        while upto < len(probes) and probes[upto].sent_at < horizon:
+            upto += 1
+        fresh = probes[self._seen : upto]
+        self._seen = upto
+        if not fresh:
+            return
+        answered_controls = [p.sent_at for p in probes if p.control and p.answered_at]
+        by_client: dict[str, list[Change]] = {}
+        for c in self.pending():
+            by_client.setdefault(c.client.name, []).append(c)
+        for p in fresh:
+            for c in by_client.get(p.client, []):
+                if c.served_at is None and p.sent_at > c.at and shows(c, p, answered_controls):
+                    c.served_at = p.answered_at if p.answered_at is not None else p.sent_at
+
+
+def shows(c: Change, p: Probe, answered_controls: list[float]) -> bool:
+    """Whether probe ``p`` reflects change ``c`` (silence counts only while dhcpd answered a
+    control within a second around it: else it is an outage, not the change)."""
+    if c.expect == "silent":
+        return p.answered_at is None and any(abs(t - p.sent_at) <= 1.0 for t in answered_controls)
+    if p.answered_at is None:
+        return False
+    return c.expect == "answer" or c.expect == f"answer:{p.filename}"
+
+
+def warm_up(lab: ChurnLab, controls: list[Client], timeout: float) -> float:
+    """Probe the controls until the slave answers 20 in a row (it runs, failover is up and it
+    holds free leases); returns how long that took."""
+    start = time.monotonic()
+    prober = Prober(lab.net.ns("cmts"), SLAVE_IP, RATE)
+    prober.start(lambda tick: (controls[tick % len(controls)], True))
+    kicked = start
+    try:
+        while time.monotonic() - start < timeout:
+            if time.monotonic() - kicked > KICK_AFTER:
+                # seen here: the slave rejects the master's first pool balancing ("incoming
+                # update is less critical than outgoing update", then "peer holds all free
+                # leases"); a fresh start of the master balances again
+                lab.kill_master()
+                lab.start_master()
+                kicked = time.monotonic()
+            settled = sorted(prober.settled(time.monotonic()), key=lambda p: p.sent_at)
+            if len(settled) >= 20 and all(p.answered_at for p in settled[-20:]):
+                return time.monotonic() - start
+            time.sleep(0.5)  # a benchmark harness waiting for a server, bounded
+        answered = sum(p.answered_at is not None for p in prober.probes.values())
+        raise TimeoutError(
+            f"the slave's dhcpd did not answer 20 probes in a row within {timeout} s"
+            f" ({answered} of {len(prober.probes)} answered, {len(prober.log)} replies)"
+        )
+    finally:
+        prober.stop()
+
+
+def upstream_loop(lab: ChurnLab, conf: Path, stop: threading.Event) -> None:
+    """Upstream's slave: at every full minute a full rebuild in place, then dhcpd restarts."""
+    while not stop.wait(60 - time.time() % 60):
+        subprocess.run(
+            [sys.executable, str(REPO / "bench/rebuild_once.py"), str(conf), "upstream"],
+            cwd=REPO, capture_output=True, check=True,
+        )  # fmt: skip
+        subprocess.run([str(lab.restart_command()[0])], check=True, timeout=120)
+
+
+def render(conf: Path) -> None:
+    """``provhad render``: the slave's files as the database holds them now."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "provhad.cli", "render", "--config", str(conf)],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"provhad render {conf}: {proc.stdout}{proc.stderr}")
+
+
+def mode_config(lab: ChurnLab, mode: str, secret: str, broker: Mosquitto | None) -> Path:
+    restart, check = lab.restart_command()
+    poll = 30.0 if mode == "omapi_mqtt" else POLL_INTERVAL
+    rest = f"""
+[watch]
+poll_interval = {poll}
+
+[safety]
+max_shrink_percent = 100
+
+[dhcpd]
+restart_command = ["{restart}"]
+check_command = ["{check}"]
+omapi = {"false" if mode == "restart" else "true"}
+omapi_host = "{MGMT_SLAVE}"
+"""
+    if mode == "omapi_mqtt" and broker is not None:
+        rest += f'\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max = 1\n'
+    return lab.slave_config(f'omapi_secret = "{secret}"', rest)
+
+
+def run_mode(
+    lab: ChurnLab,
+    mode: str,
+    targets: Targets,
+    driver: Driver,
+    seconds: int,
+    secret: str,
+    broker: Mosquitto | None,
+    start_timeout: float,
+) -> dict[str, Any]:
+    lab.stop_slave()
+    conf = mode_config(lab, mode, secret, broker)
+    if mode == "upstream":
+        render(conf)
+        subprocess.run([str(lab.restart_command()[0])], check=True, timeout=120)
+    else:
+        lab.start_provhad(conf)
+        lab.wait_running(1, timeout=start_timeout)
+        if mode == "omapi_mqtt":
+            lab.wait_status("mqtt ok", 60)
+    warm = warm_up(lab, targets.controls, start_timeout)
+    restarts0 = lab.restart_count()
+    prober = Prober(lab.net.ns("cmts"), SLAVE_IP, RATE)
+    run = Run(prober, targets.controls)
+    stop = threading.Event()
+    cron = None
+    if mode == "upstream":
+        cron = threading.Thread(target=upstream_loop, args=(lab, conf, stop), daemon=True)
+        cron.start()
+    trigger = config.MqttConfig(host=broker.host, port=broker.port) if broker else None
+    prober.start(run.pick)
+    start = time.monotonic()
+    try:
+        for i in range(seconds):
+            time.sleep(max(0.0, start + i - time.monotonic()))  # one change per second
+            change = driver.change()
+            with run.lock:
+                run.changes.append(change)
+            if mode == "omapi_mqtt" and trigger is not None:
+                asyncio.run(mqtt.trigger(trigger, reason="churn"))
+            run.match(time.monotonic())
+        churn_end = time.monotonic()
+        # drain: the last changes may wait for a restart or upstream's next minute
+        while run.pending() and time.monotonic() - churn_end < 90:
+            time.sleep(0.5)  # bounded; the prober and the matcher run meanwhile
+            run.match(time.monotonic())
+        time.sleep(ANSWER_TIMEOUT + 1.6)  # let the last probes settle
+        run.match(time.monotonic() + 10)
+        end = time.monotonic()
+    finally:
+        stop.set()
+        prober.stop()
+        if cron is not None:
+            cron.join(timeout=180)
+    return summarize(run, lab.restart_count() - restarts0, warm, end - start)
+
+
+def summarize(run: Run, restarts: int, warm: float, seconds: float) -> dict[str, Any]:
+    controls = [p for p in run.prober.probes.values() if p.control]
+    answered = sum(p.answered_at is not None for p in controls)
+    served = [c.served_at - c.at for c in run.changes if c.served_at is not None]
+    kinds: dict[str, int] = {}
+    for c in run.changes:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    return {
+        "answered_share": answered / len(controls) if controls else None,
+        "served_p50_s": pct(served, 50),
+        "served_p99_s": pct(served, 99),
+        "served_max_s": max(served) if served else None,
+        "restarts": restarts,
+        "changes": len(run.changes),
+        "served": len(served),
+        "unserved": sum(c.expect is not None and c.served_at is None for c in run.changes),
+        "kinds": kinds,
+        "control_probes": len(controls),
+        "longest_gap_s": longest_gap(controls),
+        "warm_up_s": round(warm, 1),
+        "seconds": round(seconds, 1),
+    }
+
+
+def longest_gap(controls: list[Probe]) -> float:
+    """The longest stretch of consecutive unanswered control probes, in seconds."""
+    gap, began = 0.0, None
+    for p in sorted(controls, key=lambda p: p.sent_at):
+        if p.answered_at is None:
+            began = p.sent_at if began is None else began
+            gap = max(gap, p.sent_at - began + 1 / RATE)
+        else:
+            began = None
+    return round(gap, 2)
+
+
+def validation_times(conf: Path, repeats: int = 3) -> tuple[float, float]:
+    """Seconds for check_hosts on one changed host entry and for check_hosts_in_pieces over
+    all entries of the network (medians), with the option definitions of the rendered set."""
+    cfg = config.load(conf)
+    snap = asyncio.run(db.read_snapshot(cfg.database, None, full=True))
+    m = model.build(snap, cfg.own_state)
+    entries = list(hosts.host_entries(m, cfg.render.provvoip).values())
+    etc = cfg.paths.under_root("/etc/dhcp-nmsprime")
+    definitions = validate.option_definitions(
+        (etc / "dhcpd.conf").read_text(), (etc / "global.conf").read_text()
+    )
+    one, full = [], []
+    for i in range(repeats):
+        e = entries[len(entries) // 2 + i]
+        changed = e._replace(name=f"{e.name}-v{i}", statements=e.statements.replace(
+            e.name, f"{e.name}-v{i}"))  # fmt: skip
+        t = time.perf_counter()
+        assert validate.check_hosts([changed], cfg.validate, definitions) == []
+        one.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        assert validate.check_hosts_in_pieces(entries, cfg.validate, definitions) == []
+        full.append(time.perf_counter() - t)
+    return statistics.median(one), statistics.median(full)
+
+
+@contextlib.contextmanager
+def lab_network(work: Path, modems: int) -> Iterator[ChurnLab]:
+    """The sample network in a throwaway database, the namespaces, the master's dhcpd."""
+    with MariaDB(work / "db", binlog=True) as server, server.scratch(SCHEMA, "churn") as scratch:
+        with server.admin(scratch.name, local_infile=True) as conn:
+            sample.load(conn, sample.SampleSpec(modems=modems))
+        net = Topology()
+        try:
+            net.create()
+            management_link(net)
+            lab = ChurnLab(work / "lab", net, scratch)
+            try:
+                yield lab
+            finally:
+                lab.stop_slave()
+                lab.stop()
+        finally:
+            net.destroy()
+
+
+def measure(work: Path, modems: int, seconds: int, modes: tuple[str, ...]) -> dict[str, Any]:
+    """All modes at one size, then the validation times."""
+    start_timeout = 240 + modems / 500  # 500k: dhcpd's start and failover's balancing
+    out: dict[str, Any] = {}
+    with lab_network(work, modems) as lab, Mosquitto(work / "mqtt") as broker:
+        (lab.tmp).mkdir(parents=True, exist_ok=True)
+        targets = choose_targets(lab.db.admin, seed=modems)
+        for gi in {targets.gi_cm, targets.gi_cpe}:
+            lab.net.add_relay_address(gi)
+        lab.render_master()
+        lab.start_master()
+        driver = Driver(lab.db.admin, targets, seed=modems)
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        for mode in modes:
+            print(f"== churn {modems}: {mode}", file=sys.stderr, flush=True)
+            out[mode] = run_mode(lab, mode, targets, driver, seconds, secret, broker, start_timeout)
+            print(json.dumps(out[mode]), file=sys.stderr, flush=True)
+        lab.stop_slave()
+        conf = lab.slave_config()  # the files as rendered now, for the option definitions
+        render(conf)
+        one, full = validation_times(conf)
+    return {"modes": out, "validate_host_change_s": one, "validate_full_s": full}
+
+
+def results(per_size: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The keys of bench/results.json: ``churn`` {size: {omapi, restart, upstream}} (the omapi
+    entry with ``served_p99_mqtt_s``), ``validate_host_change_s`` and ``validate_full_s``."""
+    churn: dict[str, Any] = {}
+    for size, r in per_size.items():
+        modes = r["modes"]
+        entry = {k: v for k, v in modes.items() if k != "omapi_mqtt"}
+        if "omapi" in entry and "omapi_mqtt" in modes:
+            mq = modes["omapi_mqtt"]
+            entry["omapi"] = dict(entry["omapi"], served_p99_mqtt_s=mq["served_p99_s"], mqtt=mq)
+        churn[size] = entry
+    return {
+        "churn": churn,
+        "validate_host_change_s": {s: r["validate_host_change_s"] for s, r in per_size.items()},
+        "validate_full_s": {s: r["validate_full_s"] for s, r in per_size.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2 minutes per mode, 10k modems")
+    parser.add_argument("--sizes", type=int, nargs="+", help="modems (default 100k 500k)")
+    parser.add_argument("--minutes", type=float, help="churn per mode (default 10, quick 2)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([10_000] if args.quick else [100_000, 500_000])
+    seconds = int(60 * (args.minutes or (2 if args.quick else 10)))
+    work = Path(tempfile.mkdtemp(prefix="provhad-churn-"))
+    per_size = {}
+    try:
+        for n in sizes:
+            per_size[str(n)] = measure(work / f"s{n}", n, seconds, tuple(args.modes))
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    out = results(per_size)
+    out["churn_settings"] = {
+        "minutes": seconds / 60,
+        "probe_rate": RATE,
+        "poll_interval_s": POLL_INTERVAL,
+        "mix": MIX,
+        "sizes": [str(n) for n in sizes],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
