@@ -121,7 +121,10 @@ class DhcpdPorts:
             if rc != 0:
                 return Outcome(False, rc, f"the live set fails dhcpd -t: {out}")
             s.dhcpd_unproven = False
-        return await services.restart_dhcpd(cfg, timeout)
+        outcome = await services.restart_dhcpd(cfg, timeout)
+        if outcome.ok:  # it read the files as last measured (the supervisor holds the lock)
+            s.dhcpd_running_files = dict(self.files.hashes)
+        return outcome
 
     async def mark_running(self) -> int | None:
         # the files as measured under the supervisor's lock: what dhcpd now holds
@@ -129,15 +132,17 @@ class DhcpdPorts:
         manifest = await asyncio.to_thread(generations.mark_running, self.d.state_dir)
         return manifest.generation if manifest is not None else None
 
-    def _host_delta(self) -> hosts.HostDelta:
-        """The OMAPI steps from what dhcpd holds to the live files. NotLive when anything but
-        hosts changed or the files dhcpd holds are not known."""
+    def _host_delta(self) -> tuple[hosts.HostDelta, list[str], list[str]]:
+        """The OMAPI steps from what dhcpd holds to the live host files, the host files they
+        cover, and the other files of dhcpd's that changed too (those need a restart).
+        NotLive when the host part cannot go by OMAPI or the files dhcpd holds are unknown."""
         old, live = self.d.state.dhcpd_running_files, self.files.hashes
         if not old:
             raise NotLive("no record of the files dhcpd runs")
-        changed = {p for p in old.keys() | live.keys() if old.get(p) != live.get(p)}
-        others = sorted(changed - set(hosts.HOST_FILES))
-        if others:
+        every = {p for p in old.keys() | live.keys() if old.get(p) != live.get(p)}
+        others = sorted(every - set(hosts.HOST_FILES))
+        changed = every - set(others)
+        if not changed:
             raise NotLive(f"not only hosts changed: {', '.join(others)}")
         before: dict[str, bytes] = {}
         after: dict[str, bytes] = {}
@@ -157,7 +162,7 @@ class DhcpdPorts:
         if change.unsupported:
             # endpoints known by their modem's remote-id: OMAPI has no such attribute
             raise NotLive(f"OMAPI cannot add {', '.join(change.unsupported[:5])}")
-        return change
+        return change, sorted(changed), others
 
     async def live_update(self) -> LiveUpdate:
         """Host changes into the running dhcpd by OMAPI. The lines sent are byte for byte
@@ -166,7 +171,7 @@ class DhcpdPorts:
         if client is None:
             return LiveUpdate(reason="OMAPI is off ([dhcpd] omapi = false, or no OMAPI key)")
         try:
-            change = await asyncio.to_thread(self._host_delta)
+            change, done, others = await asyncio.to_thread(self._host_delta)
         except NotLive as exc:
             return LiveUpdate(reason=str(exc))
         s = self.d.state
@@ -180,7 +185,15 @@ class DhcpdPorts:
             why = result.error or ("in doubt (no answer)" if result.unknown else "")
             why = why or "; ".join(f"{n}: {e}" for n, e in result.failed[:3])
             return LiveUpdate(attempted=True, reason=f"OMAPI: {why}")
-        return LiveUpdate(True, True, "", len(change.delete), len(change.add))
+        if others:
+            # served now; what dhcpd holds is the old set plus these hosts until the restart
+            # (paced) that the other files need
+            for rel in done:
+                if rel in self.files.hashes:
+                    s.dhcpd_running_files[rel] = self.files.hashes[rel]
+                else:
+                    s.dhcpd_running_files.pop(rel, None)
+        return LiveUpdate(True, True, "", len(change.delete), len(change.add), bool(others))
 
     async def rollback(self) -> int | None:
         manifest = await asyncio.to_thread(generations.rollback, self.d.state_dir)

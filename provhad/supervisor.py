@@ -61,6 +61,8 @@ class LiveUpdate:
     reason: str = ""
     deletes: int = 0
     adds: int = 0
+    #: only the host part was applied; other files changed too, so a restart is still due
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,6 @@ class Supervisor:
             else:
                 self.log.debug("omapi_not_applicable", reason=upd.reason)
             return False
-        s.dhcpd_running_set = applied
         s.omapi_hosts += upd.deletes + upd.adds
         s.omapi_last = f"{now_iso()} -{upd.deletes} +{upd.adds}"
         self.log.info(
@@ -179,7 +180,12 @@ class Supervisor:
             deletes=upd.deletes,
             adds=upd.adds,
             seconds=round(self.clock() - started, 3),
+            partial=upd.partial,
         )
+        if upd.partial:
+            # the hosts are served now; the rest waits for the (paced) restart
+            return False
+        s.dhcpd_running_set = applied
         try:
             s.dhcpd_running_generation = await self.ports.mark_running()
         except Exception as exc:  # dhcpd holds the set: only the rollback target is older

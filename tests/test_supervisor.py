@@ -302,3 +302,19 @@ async def test_no_live_update_while_dhcpd_is_down() -> None:
     clock.now += BACKOFF_FIRST
     await sup.step()
     assert fake.live_calls == 0 and fake.restarts == ["set-1", "set-2"]
+
+
+async def test_host_part_goes_live_at_once_while_the_rest_waits_for_the_paced_restart() -> None:
+    """Hosts and, say, blocked.conf changed together: the hosts are served by OMAPI now, the
+    restart the other file needs keeps its pacing."""
+    sup, fake, clock, log, _ = make(min_interval=30.0)
+    await sup.step()
+    fake.publish("set-2")
+    fake.live_updates = [LiveUpdate(True, True, "", 0, 1, partial=True)]
+    await sup.step()
+    assert fake.restarts == ["set-1"] and sup.state.omapi_hosts == 1
+    assert sup.state.restart_pending and fake.running_set == "set-1"
+    assert any(e == "omapi_applied" and kw["partial"] for e, kw in log.events)
+    clock.now += 30.0
+    await sup.step()
+    assert fake.restarts == ["set-1", "set-2"] and not sup.state.restart_pending
