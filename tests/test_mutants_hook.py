@@ -99,3 +99,21 @@ async def test_a_run_is_bounded_by_the_configured_timeout(tmp_path: Path) -> Non
     hook = Hook(script(tmp_path, "exec sleep 5\n"), 0.2, (0, 0), state, lambda: None, Log())
     hook.request("periodic")
     assert (await hook.run_once()).timed_out and state.hook_ok is False
+
+
+async def test_a_request_made_while_a_run_ends_gets_a_run_of_its_own(tmp_path: Path) -> None:
+    log = Log()
+    hook: Hook
+
+    def report() -> None:  # called by the run before it returns: a request "during" it
+        if hook.runs == 1:
+            hook.request("came during the first run")
+
+    hook = Hook(script(tmp_path, "exit 0\n"), 30.0, (0, 0), State(), report, log)
+    task = asyncio.create_task(hook.run())
+    try:
+        hook.request("first")
+        await until(lambda: hook.runs == 2)  # bounded: a lost request fails, not hangs
+        assert reasons(log) == [["first"], ["came during the first run"]]
+    finally:
+        task.cancel()
