@@ -95,7 +95,7 @@ async def test_a_change_omapi_cannot_carry_is_no_fallback() -> None:
 
 
 async def test_a_live_update_that_cannot_move_the_rollback_target_restarts_nothing() -> None:
-    sup, fake, _clock, log, _ = make()
+    sup, fake, _clock, log, _ = make(min_interval=0.0)  # a restart would be allowed at once
     await sup.step()
     fake.publish("set-2")
     fake.live_updates = [LiveUpdate(applied=True, attempted=True, adds=1)]
@@ -107,3 +107,20 @@ async def test_a_live_update_that_cannot_move_the_rollback_target_restarts_nothi
     await sup.step()
     assert fake.restarts == ["set-1"] and sup.state.dhcpd_running_set == "set-2"
     assert "mark_running_failed" in log.names() and sup.wait() is None
+
+
+async def test_no_live_update_while_dhcpd_is_down_after_it_ran() -> None:
+    """dhcpd ran set-1, then neither set-2 nor the rollback to set-1 came up: dhcpd is down
+    although a running set is known, so set-3 needs a start, not OMAPI."""
+    sup, fake, clock, _log, _ = make(min_interval=0.0)
+    await sup.step()
+    fake.publish("set-2")
+    fake.outcomes = [FAIL, FAIL]
+    await sup.step()
+    assert fake.restarts == ["set-1", "set-2", "set-1"] and fake.live_calls == 1
+    assert sup.state.dhcpd_running_set and not sup.state.dhcpd_last_restart_ok
+    fake.publish("set-3")
+    fake.live_updates = [LiveUpdate(applied=True, attempted=True, adds=1)]
+    clock.now = sup.not_before
+    await sup.step()
+    assert fake.live_calls == 1 and fake.restarts[-1] == "set-3"
