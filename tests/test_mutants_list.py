@@ -25,4 +25,4 @@ def test_every_mutant_applies_to_the_code_as_it_is(monkeypatch: pytest.MonkeyPat
     assert len(mutants) >= 120
     for module, args in tests.items():
         assert [m for m in mutants if m.module == module], module
-        assert all((ROOT / a).is_file() for a in args), module
+        assert all((ROOT / a.split("::")[0]).is_file() for a in args), module

@@ -39,6 +39,12 @@ def test_a_one_address_pool_is_fine_and_touching_pools_overlap() -> None:
     )
 
 
+def test_a_one_address_pool_is_not_reported_as_reversed() -> None:
+    one = rows.pool(9, 2, "CM", "10.1.0.0", "/24", "10.1.0.5", "10.1.0.5", "10.1.0.1")
+    m = with_pools(one)
+    assert 9 in {p.id for p in m.pools} and not [r for r in m.rejects if r.id == 9]
+
+
 def test_a_range_ending_outside_its_subnet_is_rejected() -> None:
     bad = rows.pool(9, 2, "CM", "10.1.0.0", "/24", "10.1.0.5", "10.1.1.5", "10.1.0.1")
     assert [r.id for r in with_pools(bad).rejects] == [9]

@@ -88,3 +88,38 @@ def test_report_writes_the_state_file_and_tells_mqtts_state(tmp_path: Path) -> N
 
 def test_summarise_with_its_dots_stays_within_the_limit() -> None:
     assert summarise("aaaa bbbb cccc dddd eeee", 20) == "aaaa bbbb cccc..."
+
+
+def test_status_of_the_configfile_hook() -> None:
+    s = good()
+    s.hook_ok = True
+    assert "configfile" not in status_line(s)
+    s.hook_ok, s.hook_error = False, "exit 1: " + "php artisan failed " * 10
+    line = status_line(s)
+    assert line.endswith(f", configfile build FAILED ({summarise(s.hook_error)})")
+    assert len(line) < len(status_line(good())) + 40 + PART_MAX
+
+
+def test_status_of_a_first_start_and_of_generation_zero() -> None:
+    assert status_line(State()).startswith("no live set, 0 hosts, 0 rejected, db DOWN")
+    s = good()
+    s.generation = 0
+    assert status_line(s).startswith("live gen 0, ")
+
+
+def test_status_counts_rejects_and_every_kind_of_host() -> None:
+    s = good()
+    s.counts, s.rejected = {"modems": 1, "mtas": 10, "endpoints": 100}, ["modem 1: bad", "x"]
+    assert ", 111 hosts, 2 rejected, " in status_line(s)
+
+
+def test_status_of_a_database_outage_is_summarised() -> None:
+    s = good()
+    s.db_ok, s.db_error = False, "db1:3306: error 2003: Can't connect " * 5
+    assert f"db DOWN ({summarise(s.db_error)})" in status_line(s)
+
+
+def test_a_failed_restart_hides_the_pending_one() -> None:
+    s = good()
+    s.dhcpd_applied_set, s.dhcpd_last_restart_ok, s.dhcpd_error = "b", False, "exit 1"
+    assert s.restart_pending and "pending" not in status_line(s)
