@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,15 @@ class Log:
         self.events.append((event, kw))
 
     info = warning = error = _add
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Until ``cond()`` holds, checked every 10 ms, at most ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"not within {timeout:g} s: {what}"
+        await asyncio.sleep(0.01)
 
 
 def script(tmp: Path, body: str) -> list[str]:
@@ -39,18 +49,15 @@ async def test_requests_during_a_run_make_exactly_one_more_run(tmp_path: Path) -
     fd = os.open(gate, os.O_RDWR)  # keeps the FIFO open: each "go" waits for its reader
     try:
         hook.request("changed: modem")
-        while not runs.exists():  # the run has begun once the script wrote its line
-            await asyncio.sleep(0.01)
+        await until(runs.exists, "the run began")  # the script wrote its line
         assert hook.running
         for n in range(5):  # a burst while the first run is parked: one more run, not five
             hook.request(f"changed: mta {n}")
         assert runs.read_text() == "run\n"  # never two at once
         os.write(fd, b"go\n")
-        while hook.runs < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: hook.runs >= 1, "the first run ended")
         os.write(fd, b"go\n")
-        while hook.runs < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: hook.runs >= 2, "the second run ended")
         assert runs.read_text() == "run\nrun\n"
         second = [kw for e, kw in log.events if e == "configfile_build"][1]
         assert second["reasons"] == [f"changed: mta {n}" for n in range(5)]
