@@ -22,31 +22,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from provhad.generations import replace_file
+
 STATE_FILE = "state.json"
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def write_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content whole:
-    a hidden sibling, fsynced, renamed over it, then the directory fsynced."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 @dataclass
@@ -123,7 +105,9 @@ class State:
         """Write the state file durably (fsynced; a crash leaves the old or the new one)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         data = asdict(self) | {"restart_pending": self.restart_pending}
-        write_durably(state_dir / STATE_FILE, json.dumps(data, indent=1, sort_keys=True).encode())
+        replace_file(
+            state_dir / STATE_FILE, json.dumps(data, indent=1, sort_keys=True).encode(), 0o644
+        )
 
     @staticmethod
     def parse(data: object) -> State:

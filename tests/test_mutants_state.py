@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from provhad.state import STATE_FILE, DhcpdFiles, State, write_durably
+from provhad.state import STATE_FILE, DhcpdFiles, State
 
 
-def test_write_durably_fsyncs_the_data_then_renames_then_fsyncs_the_directory(
+def test_the_state_file_is_fsynced_then_renamed_then_its_directory_fsynced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "state.json"
+    target = tmp_path / STATE_FILE
     target.write_bytes(b"old")
     calls: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -32,14 +32,14 @@ def test_write_durably_fsyncs_the_data_then_renames_then_fsyncs_the_directory(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    write_durably(target, b"new")
-    tmp = tmp_path / ".state.json.tmp"
+    State(pid=7).save(tmp_path)
+    tmp = tmp_path / f".{STATE_FILE}.provhad-new"
     assert calls == [
         ("fsync", str(tmp)),
         ("replace", f"{tmp} -> {target}"),
         ("fsync", str(tmp_path)),
     ]
-    assert target.read_bytes() == b"new" and not tmp.exists()
+    assert json.loads(target.read_text())["pid"] == 7 and not tmp.exists()
 
 
 def test_the_state_file_tells_whether_a_restart_is_pending(tmp_path: Path) -> None:
