@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from provhad.testbed import MariaDB, Mosquitto, ScratchDatabase
+from tests.daemon_lab import DaemonLab
+from tests.test_cli_render import seed_small
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,3 +38,14 @@ def nmsdb(mariadb: MariaDB, schema_sql: Path) -> Iterator[ScratchDatabase]:
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     with Mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
         yield broker
+
+
+@pytest.fixture
+def lab(tmp_path: Path, nmsdb: ScratchDatabase) -> Iterator[DaemonLab]:
+    """A `provhad run` process against the small seeded network (killed if a test left it)."""
+    seed_small(nmsdb)
+    lab = DaemonLab(tmp_path, nmsdb)
+    yield lab
+    if lab.proc is not None and lab.proc.poll() is None:
+        lab.proc.kill()
+        lab.proc.wait()

@@ -130,11 +130,14 @@ check_attempts = 1
         supervisor restarts beside the main loop, after the STATUS of the publish)."""
 
         def settled(_: dict[str, str]) -> bool:
-            state = json.loads((self.root / "var/lib/provhad/state.json").read_text())
-            return self.restart_count() >= n and not state["restart_pending"]
+            return self.restart_count() >= n and not self.state()["restart_pending"]
 
         self.wait(settled, timeout)
         assert self.restart_count() == n, (self.restart_count(), n)
+
+    def state(self) -> dict[str, object]:
+        """The daemon's state file."""
+        return json.loads((self.root / "var/lib/provhad/state.json").read_text())  # type: ignore[no-any-return]
 
     def restart_count(self) -> int:
         return len(self.restarts.read_text().splitlines()) if self.restarts.exists() else 0

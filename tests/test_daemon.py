@@ -9,30 +9,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from provhad import generations
 from provhad.scheduler import next_offset_change
-from provhad.testbed import MariaDB, ScratchDatabase
+from provhad.testbed import MariaDB
 from tests.daemon_lab import REPO, DaemonLab, Gate
-from tests.test_cli_render import provhad, seed_small
-
-
-@pytest.fixture
-def lab(tmp_path: Path, nmsdb: ScratchDatabase) -> Iterator[DaemonLab]:
-    seed_small(nmsdb)
-    lab = DaemonLab(tmp_path, nmsdb)
-    yield lab
-    if lab.proc is not None and lab.proc.poll() is None:
-        lab.proc.kill()
-        lab.proc.wait()
-
-
-def state(lab: DaemonLab) -> dict[str, object]:
-    return json.loads((lab.root / "var/lib/provhad/state.json").read_text())  # type: ignore[no-any-return]
+from tests.test_cli_render import provhad
 
 
 def test_startup_changes_and_shutdown(lab: DaemonLab) -> None:
@@ -42,7 +25,7 @@ def test_startup_changes_and_shutdown(lab: DaemonLab) -> None:
     assert "live gen 1" in ready["STATUS"] and "db 127.0.0.1" in ready["STATUS"]
     assert any("EXTEND_TIMEOUT_USEC" in m for m in lab.notify.messages)
     lab.wait_restarts(1)  # the first set went live: dhcpd restarted once
-    assert state(lab)["restart_pending"] is False
+    assert lab.state()["restart_pending"] is False
 
     # an insert
     lab.sql(
@@ -104,7 +87,7 @@ def test_restart_rate_limit_keeps_pending_restart(lab: DaemonLab) -> None:
     status = lab.wait_status("live gen 2")
     assert "dhcpd restart pending" in status
     assert lab.restart_count() == 1
-    s = state(lab)
+    s = lab.state()
     assert s["restart_pending"] is True and s["generation"] == 2
     assert s["dhcpd_running_generation"] == 1
     assert lab.stop() == 0
@@ -123,7 +106,7 @@ def test_rollback_when_dhcpd_does_not_come_up(lab: DaemonLab) -> None:
     status = lab.wait_status("HELD")
     assert "rolled back" in status
     assert lab.file("modems-host.conf") == before  # the previous generation is live again
-    s = state(lab)
+    s = lab.state()
     assert s["rollbacks"] == 1 and s["restart_pending"] is False
     assert lab.restart_count() == 3  # first set, the failed one, the rolled back one
     manifest = generations.Manifest.load(lab.root / "var/lib/provhad")
@@ -254,7 +237,7 @@ def test_periodic_rebuild_runs_under_constant_traffic(lab: DaemonLab) -> None:
     lab.wait(lambda m: marker.exists())  # the hook's first run: its inputs were all new
     marker.unlink()
     lab.sql("UPDATE provha SET slave_config_rebuild_interval = 0")
-    lab.wait(lambda m: "slave_config_rebuild_interval" in str(state(lab)["rejected"]))
+    lab.wait(lambda m: "slave_config_rebuild_interval" in str(lab.state()["rejected"]))
     begun = time.monotonic()
     n = 0
     # traffic the hook does not read (endpoint names): only the periodic rebuild runs it
@@ -287,12 +270,12 @@ def test_configfile_change_runs_the_hook_without_a_rebuild(lab: DaemonLab) -> No
     lab.conf.write_text(text)
     lab.start()
     lab.wait(lambda m: m.get("READY") == "1")
-    lab.wait(lambda m: marker.exists() and state(lab)["hook_ok"] is True)
+    lab.wait(lambda m: marker.exists() and lab.state()["hook_ok"] is True)
     runs = len(marker.read_text().splitlines())
     lab.sql("INSERT INTO configfile (id, name, text, device) VALUES (9, 'cm', 'x', 'cm')")
     lab.sql("UPDATE modem SET configfile_id = 9")
     lab.wait(lambda m: len(marker.read_text().splitlines()) == runs + 1)
-    assert state(lab)["generation"] == 1  # no rebuild for it
+    assert lab.state()["generation"] == 1  # no rebuild for it
     assert lab.stop() == 0
     assert "event=configfile_build" in lab.output()
 
@@ -390,7 +373,7 @@ async def test_mqtt_status_trigger_and_broker_loss(lab: DaemonLab, tmp_path: Pat
             cwd=REPO,
         )
         assert await trig.wait() == 0
-        lab.wait(lambda m: "STATUS" in m and state(lab)["last_trigger"] == "mqtt")
+        lab.wait(lambda m: "STATUS" in m and lab.state()["last_trigger"] == "mqtt")
 
         # the broker goes away: rebuilds go on, and the status says so
         broker.stop()

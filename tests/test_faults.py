@@ -4,41 +4,21 @@ MariaDB and dhcpd -t; the pacing under test is the operator's default wherever i
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pymysql
-import pytest
 
 from provhad.config import WatchConfig
-from provhad.testbed import ScratchDatabase
 from tests.daemon_lab import DaemonLab, Gate
-from tests.test_cli_render import provhad, seed_small
+from tests.test_cli_render import provhad
 
-STATE = "var/lib/provhad/state.json"
 GENERATED = (
     "etc/dhcp-nmsprime/dhcpd.conf",
     "etc/dhcp-nmsprime/modems-host.conf",
     "etc/named-nmsprime.d/dhcpupdate.key",
     "etc/chrony-nmsprime.d/nmsprime.conf",
 )
-
-
-@pytest.fixture
-def lab(tmp_path: Path, nmsdb: ScratchDatabase) -> Iterator[DaemonLab]:
-    seed_small(nmsdb)
-    lab = DaemonLab(tmp_path, nmsdb)
-    yield lab
-    if lab.proc is not None and lab.proc.poll() is None:
-        lab.proc.kill()
-        lab.proc.wait()
-
-
-def state(lab: DaemonLab) -> dict[str, object]:
-    return json.loads((lab.root / STATE).read_text())  # type: ignore[no-any-return]
 
 
 def add_modem(lab: DaemonLab, n: int) -> None:
@@ -56,11 +36,11 @@ def test_first_install_dhcpd_failure_deletes_nothing_and_retries(lab: DaemonLab)
     assert "live gen 1" in status
     for rel in GENERATED:
         assert (lab.root / rel).stat().st_size > 0, rel
-    assert state(lab)["rollbacks"] == 0
+    assert lab.state()["rollbacks"] == 0
     lab.wait(lambda m: lab.restart_count() >= 2, timeout=30)  # retried, after a pause
     (lab.tmp / "fail-checks").unlink()
     lab.wait(lambda m: "FAILED" not in m.get("STATUS", "FAILED"), timeout=60)
-    s = state(lab)
+    s = lab.state()
     assert s["restart_pending"] is False and s["dhcpd_last_restart_ok"] is True
     assert s["dhcpd_running_generation"] == 1
     assert lab.stop() == 0
@@ -72,7 +52,7 @@ def test_rollback_goes_back_to_what_dhcpd_ran(lab: DaemonLab) -> None:
     lab.configure(min_restart_interval=WatchConfig().min_restart_interval)
     lab.start()
     lab.wait(lambda m: m.get("READY") == "1")
-    lab.wait(lambda m: state(lab)["restart_pending"] is False)
+    lab.wait(lambda m: lab.state()["restart_pending"] is False)
     gen1 = {n: lab.file(n) for n in ("modems-host.conf", "blocked.conf")}
     add_modem(lab, 100090)
     assert "dhcpd restart pending" in lab.wait_status("live gen 2")
@@ -84,7 +64,7 @@ def test_rollback_goes_back_to_what_dhcpd_ran(lab: DaemonLab) -> None:
     assert "rolled back" in status
     for name, text in gen1.items():
         assert lab.file(name) == text, name
-    s = state(lab)
+    s = lab.state()
     assert s["rollbacks"] == 1 and s["restart_pending"] is False
     assert s["dhcpd_last_restart_ok"] is True
     assert lab.stop() == 0
@@ -96,7 +76,7 @@ def test_render_while_stopped_gets_dhcpd_restarted_at_start(lab: DaemonLab) -> N
     lab.configure()
     lab.start()
     lab.wait(lambda m: m.get("READY") == "1")
-    lab.wait(lambda m: state(lab)["restart_pending"] is False)
+    lab.wait(lambda m: lab.state()["restart_pending"] is False)
     assert lab.stop() == 0
     before = lab.restart_count()
     add_modem(lab, 100091)
@@ -105,7 +85,7 @@ def test_render_while_stopped_gets_dhcpd_restarted_at_start(lab: DaemonLab) -> N
     lab.notify = type(lab.notify)(lab.tmp / "notify2.sock")
     lab.start()
     lab.wait(lambda m: m.get("READY") == "1")
-    lab.wait(lambda m: lab.restart_count() == before + 1 and not state(lab)["restart_pending"])
+    lab.wait(lambda m: lab.restart_count() == before + 1 and not lab.state()["restart_pending"])
     assert "cm-100091" in lab.file("modems-host.conf")
     assert lab.stop() == 0
 
@@ -132,7 +112,7 @@ def test_loop_goes_on_while_dhcpd_restarts(lab: DaemonLab) -> None:
     )
     lab.start(env={"WATCHDOG_USEC": "2000000"})
     lab.wait(lambda m: m.get("READY") == "1")
-    lab.wait(lambda m: state(lab)["restart_pending"] is False)
+    lab.wait(lambda m: lab.state()["restart_pending"] is False)
     gate.close_next()
     add_modem(lab, 100093)
     parked = gate.wait_inside()
@@ -146,7 +126,7 @@ def test_loop_goes_on_while_dhcpd_restarts(lab: DaemonLab) -> None:
     assert pings >= 2, "the watchdog starved while dhcpd restarted"
     gate.open()
     lab.wait(lambda m: "10.0.0.53" in lab.file("cmts_gws/1.conf"), timeout=30)
-    lab.wait(lambda m: state(lab)["restart_pending"] is False, timeout=60)
+    lab.wait(lambda m: lab.state()["restart_pending"] is False, timeout=60)
     assert lab.stop() == 0
     gate.close()
 
