@@ -51,6 +51,8 @@ MAX_ATTEMPTS = 25
 #: The host files' rendered slices, kept across the cycles of this process. Keyed by content
 #: (see render.SliceCache), so whoever shares it gets the same bytes as a whole render.
 SLICES = SliceCache()
+#: The modelled chunks of the big tables, kept the same way (see model.PartCache).
+PARTS = model.PartCache()
 
 
 @contextlib.contextmanager
@@ -223,14 +225,16 @@ def apply(
     *,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     slices: SliceCache | None = SLICES,
+    parts: model.PartCache | None = PARTS,
 ) -> Result:
     """Make the set rendered from ``snap`` live, unless the real daemons reject it.
 
     ``progress`` is called after each step (the daemon's watchdog is fed by it); a set whose
     hash equals ``held`` (one rejected before) is not validated or written again. A set the
     shrink guard holds is recorded in ``shrink-held.json`` and goes live once a confirmation
-    of that very set (not expired at ``now()``) is there. ``slices``: where the host files'
-    slices are kept from one cycle to the next (None: rendered whole).
+    of that very set (not expired at ``now()``) is there. ``slices`` and ``parts``: where the
+    host files' slices and the big tables' modelled chunks are kept from one cycle to the
+    next (None: rendered and modelled whole).
     """
     tick = progress or (lambda: None)
     result = Result(node=snap.node)
@@ -261,6 +265,7 @@ def apply(
                 default_network_prefix=cfg.render.default_network_prefix,
                 dropped_optional=dropped_optional,
                 dropped_rows=dropped_rows,
+                parts=parts,
             )
         except model.ModelError as exc:
             result.error = str(exc)

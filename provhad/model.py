@@ -13,22 +13,29 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import contextlib
 import ipaddress
+import marshal
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, TypeVar
 
 from provhad.snapshot import (
     ENDPOINT_COLUMNS,
     MODEM_COLUMNS,
     MTA_COLUMNS,
+    PackedRows,
     Packer,
     Row,
     Snapshot,
+    Table,
     tuples,
 )
+
+T = TypeVar("T")
 
 POOL_TYPES = ("CM", "CPEPub", "CPEPriv", "MTA")
 
@@ -42,6 +49,9 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _MAC_HEX_RE = re.compile(r"^[0-9a-f]{12}$")
 _MAC_CANON = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _MAC_SEP_RE = re.compile(r"[:\-.]")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+#: an IPv4 address exactly as str(ipaddress.IPv4Address) writes it (no leading zeros)
+_IPV4_CANON = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # hmac-md5 secrets as ddns-confgen/dnssec-keygen print them: base64.
 _SECRET_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 
@@ -205,6 +215,8 @@ def blank(value: Any) -> bool:
 
 def ipv4(value: Any, column: str) -> str:
     """A dotted-quad IPv4 address, normalised."""
+    if value.__class__ is str and _IPV4_CANON.fullmatch(value):
+        return value  # already as ipaddress writes it (hot path: fixed endpoints, pools)
     if not isinstance(value, str) or not value.strip(" ").isascii():
         raise BadValue(f"{column} {value!r} is not an IPv4 address")
     try:
@@ -509,7 +521,9 @@ def build_pool(row: Row, fixed_ips: Sequence[int], notes: list[str] | None = Non
     if ptype == "CPEPub":
         # IpPool.php:213-274 (3.1.0): the fixed endpoints inside start..end are cut out; a
         # one-address piece is written as `range a;`, a pool without holes as `range s e;`
-        if any(int(start) <= h <= int(end) for h in fixed_ips):
+        lo, hi = int(start), int(end)
+        at = bisect.bisect_left(fixed_ips, lo)  # fixed_ips is sorted (_build_netgws)
+        if at < len(fixed_ips) and fixed_ips[at] <= hi:
             ranges = tuple(
                 (str(ipaddress.IPv4Address(a)),)
                 if a == b
@@ -572,7 +586,11 @@ def _build_netgws(
     fixed: list[int] = []
     for ip in snap.fixed_ips:
         with contextlib.suppress(ValueError):  # reported with the endpoint row itself
-            fixed.append(int(ipaddress.IPv4Address(str(ip).strip())))
+            text = str(ip).strip()
+            if _IPV4_CANON.fullmatch(text):
+                fixed.append(int.from_bytes(socket.inet_aton(text)))
+            else:
+                fixed.append(int(ipaddress.IPv4Address(text)))
     fixed.sort()
     gw_ids = {int(r["id"]) for r in snap.netgw}
     built: list[Pool] = []
@@ -641,63 +659,101 @@ def _build_netgws(
     return tuple(out)
 
 
-def build(
-    snap: Snapshot,
-    role: str,
-    *,
-    default_network_prefix: int = 22,
-    dropped_optional: Mapping[int, str] | None = None,
-    dropped_rows: Mapping[tuple[str, int], str] | None = None,
-) -> Model:
-    """The validated model of a snapshot for this node's ``role``.
+@dataclass(frozen=True)
+class Part:
+    """A run of one big table's rows (a chunk of ids, as read), modelled: everything
+    :func:`build` takes from it. A pure function of the rows (and, for modems, of which of
+    them own an MTA), so an unchanged chunk's part is taken from a :class:`PartCache`."""
 
-    ``dropped_optional`` (pool id -> reason) and ``dropped_rows`` ((table, id) -> reason) name
-    what the real dhcpd rejected in an earlier attempt; it is left out and reported.
-    """
-    dropped_rows = dropped_rows or {}
+    #: the model's plain tuples (Modem or Mta fields), marshalled as snapshot.PackedRows keeps them
+    blobs: tuple[bytes, ...]
+    #: the first and the last id of each blob
+    spans: tuple[tuple[int, int], ...]
+    count: int
+    #: the host names it declares (one namespace across modems, endpoints and MTAs)
+    names: frozenset[str]
+    public: tuple[ModemRef, ...] = ()
+    blocked: tuple[ModemRef, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+    skipped: tuple[Reject, ...] = ()
+    #: modems: the ids it declares, and those of them declared as owning an MTA
+    ids: frozenset[int] = frozenset()
+    with_mta: frozenset[int] = frozenset()
+    #: MTAs: the modem ids that own one (upstream counts every MTA row, see _mta_owners)
+    owners: frozenset[int] = frozenset()
+    #: endpoints (few, kept as they are)
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+#: a part's key: its table and its chunk's packed rows
+PartKey = tuple[str, bytes]
+
+
+@dataclass
+class PartCache:
+    """The :class:`Part` of each chunk of the last build, keyed by the chunk's packed rows
+    (content, not identity): a chunk the database read did not change is not modelled again.
+    Only the parts of the last build are kept; so is the last build's CMTS and pool part."""
+
+    parts: dict[PartKey, Part] = field(default_factory=dict)
+    #: parts modelled afresh and parts in all, by the last build
+    last: tuple[int, int] = (0, 0)
+    #: host name -> the part declaring it, over the parts in ``indexed``
+    names: dict[str, PartKey] = field(default_factory=dict)
+    indexed: set[PartKey] = field(default_factory=set)
+    #: the inputs of the last build's CMTSs and pools, and what was made of them
+    netgws: tuple[str, tuple[NetGw, ...], tuple[Reject, ...]] | None = None
+
+    def declare(self, parts: Mapping[PartKey, Part]) -> bool:
+        """Whether no host name is declared by two of ``parts``. O(parts that changed since
+        the last call): the index follows the parts that went and came."""
+        index = self.names
+        for key in self.indexed - parts.keys():
+            for name in self.parts[key].names:
+                del index[name]
+        for key in parts.keys() - self.indexed:
+            for name in parts[key].names:
+                if name in index:
+                    self.names, self.indexed = {}, set()  # built again from scratch next time
+                    return False
+                index[name] = key
+        self.indexed = set(parts)
+        return True
+
+
+def _taken(hosts: Mapping[str, int | tuple[str, int]], name: str) -> str:
+    owner = hosts[name]
+    table, row_id = ("modem", owner) if isinstance(owner, int) else owner
+    return f"host name {name!r} is already used by {table} id {row_id}"
+
+
+def _mta_owners(rows: Iterable[tuple[Any, ...]]) -> frozenset[int]:
+    """The modems that own an MTA: every MTA row but those with an ff:* MAC, a NULL MAC
+    included (as upstream counts, Modem.php:492)."""
+    out: set[int] = set()
+    for _tid, owner, raw in rows:
+        if not (isinstance(raw, str) and raw.lower().startswith("ff:")):
+            out.add(owner or 0)
+    return frozenset(out)
+
+
+def _modem_part(
+    rows: Iterable[tuple[Any, ...]],
+    mta_owner: frozenset[int],
+    hosts: dict[str, int | tuple[str, int]],
+    dropped_rows: Mapping[tuple[str, int], str],
+) -> Part:
+    """Modem rows (MODEM_COLUMNS) -> their part; names go into ``hosts`` (first one wins)."""
     rejects: list[Reject] = []
     skipped: list[Reject] = []
-    ha = build_ha(_first(snap.provha, "provha"), role, rejects)
-    base = build_base(_first(snap.provbase, "provbase"), default_network_prefix, rejects)
-    mta_domain = None
-    if snap.provvoip:
-        row = _first(snap.provvoip, "provvoip")
-        if not blank(row.get("mta_domain")):
-            try:
-                mta_domain = domain(row["mta_domain"], "mta_domain")
-            except BadValue as exc:
-                rejects.append(Reject("provvoip", row.get("id"), f"{exc}; zone left out"))
-
-    netgws = _build_netgws(
-        snap,
-        ha,
-        rejects,
-        dropped_optional or {},
-        {i: r for (t, i), r in dropped_rows.items() if t == "ippool"},
-    )
-    # One namespace for dhcpd host names across modems, endpoints and MTAs: name -> a modem's
-    # id, or (table, id) of the others. Case counts, as in dhcpd ("host x: already exists" is
-    # an exact match; `host CM-1` beside `host cm-1` is accepted, and upstream writes both).
-    # Inline rather than a method call, and no object of its own per modem: this runs once
-    # per row, hundreds of thousands of times.
-    hosts: dict[str, int | tuple[str, int]] = {}
-
-    def taken(name: str) -> str:
-        owner = hosts[name]
-        table, row_id = ("modem", owner) if isinstance(owner, int) else owner
-        return f"host name {name!r} is already used by {table} id {row_id}"
-
-    mta_rows = list(tuples(snap.mta, MTA_COLUMNS))  # read twice
-    mta_owner: set[int] = set()
-    for _tid, owner, raw in mta_rows:
-        if not (isinstance(raw, str) and raw.lower().startswith("ff:")):
-            mta_owner.add(owner or 0)  # upstream counts a NULL MAC too (Modem.php:492)
-
     canonical, a_label = _MAC_CANON.fullmatch, _LABEL_RE.fullmatch
-    modems: Packer[Modem] = Packer(Modem._make)
+    modems: Packer[Modem] = Packer(Modem._make, spans=True)
     public: list[ModemRef] = []
     blocked: list[ModemRef] = []
-    for mid, hostname, raw, is_public, access in tuples(snap.modem, MODEM_COLUMNS):
+    ids: list[int] = []
+    # Inline rather than method calls, and no object of its own per modem: this runs once
+    # per row, hundreds of thousands of times.
+    for mid, hostname, raw, is_public, access in rows:
         mid = int(mid)  # id 0 too: 3.1.0's chunked make_dhcp_cm_all (Modem.php:549) has no skip
         if dropped_rows and (reason := dropped_rows.get(("modem", mid))) is not None:
             rejects.append(Reject("modem", mid, reason))
@@ -720,17 +776,82 @@ def build(
                 name = label(hostname, "hostname")
             key = name
             if key in hosts:
-                raise BadValue(taken(name))
+                raise BadValue(_taken(hosts, name))
         except BadValue as exc:
             rejects.append(Reject("modem", mid, str(exc)))
             continue
         hosts[key] = mid
+        ids.append(mid)
         modems.append((mid, name, cm_mac, mid in mta_owner))
         if is_public:
             public.append(ModemRef(mid, cm_mac))
+    packed = modems.done()
+    declared = frozenset(ids)
+    return Part(
+        packed.blobs,
+        packed.spans or (),
+        len(packed),
+        frozenset(hosts),  # modems come first in the namespace: these are all theirs
+        tuple(public),
+        tuple(blocked),
+        tuple(rejects),
+        tuple(skipped),
+        declared,
+        declared & mta_owner,
+    )
 
+
+def _mta_part(
+    rows: Sequence[tuple[Any, ...]],
+    hosts: dict[str, int | tuple[str, int]],
+    dropped_rows: Mapping[tuple[str, int], str],
+) -> Part:
+    """MTA rows (MTA_COLUMNS) -> their part; names go into ``hosts`` (first one wins)."""
+    rejects: list[Reject] = []
+    skipped: list[Reject] = []
+    mtas: Packer[Mta] = Packer(Mta._make, spans=True)
+    names: list[str] = []
+    for tid, _owner, raw in rows:
+        tid = int(tid)
+        if dropped_rows and (reason := dropped_rows.get(("mta", tid))) is not None:
+            rejects.append(Reject("mta", tid, reason))
+            continue
+        if reserved_mac(raw):
+            skipped.append(Reject("mta", tid, f"mac {raw!r} is empty or reserved (ff:*)"))
+            continue
+        try:
+            mta_mac = mac(raw)
+            name = f"mta-{tid}"
+            key = name
+            if key in hosts:
+                raise BadValue(_taken(hosts, name))
+        except BadValue as exc:
+            rejects.append(Reject("mta", tid, str(exc)))
+            continue
+        hosts[key] = ("mta", tid)
+        names.append(key)
+        mtas.append((tid, mta_mac))
+    packed = mtas.done()
+    return Part(
+        packed.blobs,
+        packed.spans or (),
+        len(packed),
+        frozenset(names),
+        rejects=tuple(rejects),
+        skipped=tuple(skipped),
+        owners=_mta_owners(rows),
+    )
+
+
+def _endpoint_part(
+    rows: Iterable[tuple[Any, ...]],
+    hosts: dict[str, int | tuple[str, int]],
+    dropped_rows: Mapping[tuple[str, int], str],
+) -> Part:
+    """Endpoint rows (ENDPOINT_COLUMNS) -> their part; names go into ``hosts``."""
     endpoints: list[Endpoint] = []
-    for eid, hostname, raw, is_fixed, ip, modemmac in tuples(snap.endpoint, ENDPOINT_COLUMNS):
+    rejects: list[Reject] = []
+    for eid, hostname, raw, is_fixed, ip, modemmac in rows:
         eid = int(eid)
         if dropped_rows and (reason := dropped_rows.get(("endpoint", eid))) is not None:
             rejects.append(Reject("endpoint", eid, reason))
@@ -746,44 +867,172 @@ def build(
                 fixed = ipv4(ip, "ip")
             key = name
             if key in hosts:
-                raise BadValue(taken(name))
+                raise BadValue(_taken(hosts, name))
         except BadValue as exc:
             rejects.append(Reject("endpoint", eid, str(exc)))
             continue
         hosts[key] = ("endpoint", eid)
         endpoints.append(Endpoint(eid, name, ep_mac, remote, fixed))
+    return Part(
+        (),
+        (),
+        len(endpoints),
+        frozenset(e.hostname for e in endpoints),
+        rejects=tuple(rejects),
+        endpoints=tuple(endpoints),
+    )
 
-    mtas: Packer[Mta] = Packer(Mta._make)
-    for tid, _owner, raw in mta_rows:
-        tid = int(tid)
-        if dropped_rows and (reason := dropped_rows.get(("mta", tid))) is not None:
-            rejects.append(Reject("mta", tid, reason))
-            continue
-        if reserved_mac(raw):
-            skipped.append(Reject("mta", tid, f"mac {raw!r} is empty or reserved (ff:*)"))
-            continue
-        try:
-            mta_mac = mac(raw)
-            name = f"mta-{tid}"
-            key = name
-            if key in hosts:
-                raise BadValue(taken(name))
-        except BadValue as exc:
-            rejects.append(Reject("mta", tid, str(exc)))
-            continue
-        hosts[key] = ("mta", tid)
-        mtas.append((tid, mta_mac))
 
+def _chunks(rows: Sequence[Row], columns: tuple[str, ...]) -> list[bytes] | None:
+    """The packed chunks of a big table as the database read keeps them (see db.RowCache),
+    or None when ``rows`` are not kept that way (then they are modelled in one go)."""
+    packed = rows.rows if isinstance(rows, Table) and rows.columns == columns else None
+    return list(packed.blobs) if isinstance(packed, PackedRows) and packed.plain else None
+
+
+def _packed(parts: Sequence[Part], make: Callable[[Any], T]) -> PackedRows[T]:
+    return PackedRows(
+        [b for p in parts for b in p.blobs],
+        sum(p.count for p in parts),
+        make,
+        spans=[s for p in parts for s in p.spans],
+    )
+
+
+#: the big tables modelled chunk by chunk: table -> (its columns, what models a chunk)
+_CHUNKED: dict[str, tuple[str, ...]] = {
+    "mta": MTA_COLUMNS,
+    "modem": MODEM_COLUMNS,
+    "endpoint": ENDPOINT_COLUMNS,
+}
+
+
+def _by_chunk(snap: Snapshot, cache: PartCache) -> dict[str, list[Part]] | None:
+    """The parts of the big tables chunk by chunk, unchanged ones from ``cache``; None when
+    they are not read in chunks or a host name is declared in two chunks (or tables): then
+    only a build in one go, in upstream's order, can say which row keeps it."""
+    chunks = {t: _chunks(getattr(snap, t), columns) for t, columns in _CHUNKED.items()}
+    if any(c is None for c in chunks.values()):
+        return None
+    new: dict[PartKey, Part] = {}
+    out: dict[str, list[Part]] = {t: [] for t in _CHUNKED}
+    owners: frozenset[int] = frozenset()
+    fresh = 0
+    for table in _CHUNKED:  # MTAs first: a modem's line says whether it owns one
+        for blob in chunks[table] or ():
+            key = (table, blob)
+            part = cache.parts.get(key)
+            if table == "modem" and part is not None and part.ids & owners != part.with_mta:
+                part = None
+            if part is None:
+                rows = marshal.loads(blob)
+                if table == "mta":
+                    part = _mta_part(rows, {}, {})
+                elif table == "modem":
+                    part = _modem_part(rows, owners, {}, {})
+                else:
+                    part = _endpoint_part(rows, {}, {})
+                fresh += 1
+            new[key] = part
+            out[table].append(part)
+        if table == "mta":
+            owners = frozenset().union(*(p.owners for p in out["mta"]))
+    unique = cache.declare(new)
+    cache.parts = new
+    cache.last = (fresh, len(new))
+    return out if unique else None
+
+
+def _netgws(
+    snap: Snapshot,
+    ha: HA,
+    dropped_optional: Mapping[int, str],
+    dropped_pools: Mapping[int, str],
+    cache: PartCache | None,
+) -> tuple[tuple[NetGw, ...], tuple[Reject, ...]]:
+    """The CMTSs with their pools and what was rejected of them; the last build's when its
+    inputs were the same (they are a few hundred rows, but a pool cut by thousands of fixed
+    endpoints is not cheap)."""
+    dropped = (sorted(dropped_optional.items()), sorted(dropped_pools.items()))
+    key = repr((list(snap.netgw), list(snap.ippool), list(snap.fixed_ips), ha, dropped))
+    if cache is not None and cache.netgws is not None and cache.netgws[0] == key:
+        return cache.netgws[1], cache.netgws[2]
+    rejects: list[Reject] = []
+    netgws = _build_netgws(snap, ha, rejects, dropped_optional, dropped_pools)
+    if cache is not None:
+        cache.netgws = (key, netgws, tuple(rejects))
+    return netgws, tuple(rejects)
+
+
+def build(
+    snap: Snapshot,
+    role: str,
+    *,
+    default_network_prefix: int = 22,
+    dropped_optional: Mapping[int, str] | None = None,
+    dropped_rows: Mapping[tuple[str, int], str] | None = None,
+    parts: PartCache | None = None,
+) -> Model:
+    """The validated model of a snapshot for this node's ``role``.
+
+    ``dropped_optional`` (pool id -> reason) and ``dropped_rows`` ((table, id) -> reason) name
+    what the real dhcpd rejected in an earlier attempt; it is left out and reported.
+    ``parts``: where the modelled chunks of the big tables are kept from one build to the next
+    (an unchanged chunk is not modelled again; the result is the same as without).
+    """
+    dropped_rows = dropped_rows or {}
+    rejects: list[Reject] = []
+    ha = build_ha(_first(snap.provha, "provha"), role, rejects)
+    base = build_base(_first(snap.provbase, "provbase"), default_network_prefix, rejects)
+    mta_domain = None
+    if snap.provvoip:
+        row = _first(snap.provvoip, "provvoip")
+        if not blank(row.get("mta_domain")):
+            try:
+                mta_domain = domain(row["mta_domain"], "mta_domain")
+            except BadValue as exc:
+                rejects.append(Reject("provvoip", row.get("id"), f"{exc}; zone left out"))
+
+    netgws, pool_rejects = _netgws(
+        snap,
+        ha,
+        dropped_optional or {},
+        {i: r for (t, i), r in dropped_rows.items() if t == "ippool"},
+        parts,
+    )
+    rejects.extend(pool_rejects)
+    # One namespace for dhcpd host names across modems, endpoints and MTAs, in that order:
+    # name -> a modem's id, or (table, id) of the others. Case counts, as in dhcpd ("host x:
+    # already exists" is an exact match; `host CM-1` beside `host cm-1` is accepted, and
+    # upstream writes both).
+    chunked = None
+    if parts is not None and not any(t in _CHUNKED for t, _ in dropped_rows):
+        chunked = _by_chunk(snap, parts)
+    if chunked is None:
+        mta_rows = list(tuples(snap.mta, MTA_COLUMNS))  # read twice
+        hosts: dict[str, int | tuple[str, int]] = {}
+        chunked = {
+            "modem": [
+                _modem_part(
+                    tuples(snap.modem, MODEM_COLUMNS), _mta_owners(mta_rows), hosts, dropped_rows
+                )
+            ],
+            "endpoint": [
+                _endpoint_part(tuples(snap.endpoint, ENDPOINT_COLUMNS), hosts, dropped_rows)
+            ],
+            "mta": [_mta_part(mta_rows, hosts, dropped_rows)],
+        }
+    modem_parts, ordered = chunked["modem"], chunked["modem"] + chunked["endpoint"] + chunked["mta"]
     return Model(
         ha=ha,
         base=base,
         mta_domain=mta_domain,
         netgws=netgws,
-        modems=modems.done(),
-        public_modems=tuple(public),
-        blocked_modems=tuple(blocked),
-        mtas=mtas.done(),
-        endpoints=tuple(endpoints),
-        rejects=tuple(rejects),
-        skipped=tuple(skipped),
+        modems=_packed(modem_parts, Modem._make),
+        public_modems=tuple(r for p in modem_parts for r in p.public),
+        blocked_modems=tuple(r for p in modem_parts for r in p.blocked),
+        mtas=_packed(chunked["mta"], Mta._make),
+        endpoints=tuple(e for p in chunked["endpoint"] for e in p.endpoints),
+        rejects=(*rejects, *(r for p in ordered for r in p.rejects)),
+        skipped=tuple(s for p in ordered for s in p.skipped),
     )

@@ -183,6 +183,29 @@ def id_slices(
         at += len(run)
 
 
+def packed_slices(rows: Sequence[Any]) -> list[tuple[bytes, Callable[[], list[Any]]]] | None:
+    """``rows`` cut into the same slices as :func:`id_slices`, each as its packed bytes and a
+    function making its items, without unpacking a row; None unless ``rows`` are packed with
+    spans and no blob straddles two slices (what model.build makes of the database's chunks).
+    A slice's bytes say what its items are, so they key it (see :class:`SliceCache`)."""
+    if not isinstance(rows, PackedRows) or rows.spans is None:
+        return None
+    runs: list[tuple[int, list[bytes]]] = []
+    for blob, (lo, hi) in zip(rows.blobs, rows.spans, strict=True):
+        k = lo // SLICE_IDS
+        if hi // SLICE_IDS != k or (runs and runs[-1][0] > k):
+            return None
+        if runs and runs[-1][0] == k:
+            runs[-1][1].append(blob)
+        else:
+            runs.append((k, [blob]))
+    return [(b"".join(blobs), functools.partial(_made, rows, tuple(blobs))) for _k, blobs in runs]
+
+
+def _made(rows: PackedRows[Any], blobs: tuple[bytes, ...]) -> list[Any]:
+    return rows.made(row for blob in blobs for row in marshal.loads(blob))
+
+
 def _runs(batches: Iterable[list[tuple[Any, ...]]]) -> Iterator[list[tuple[Any, ...]]]:
     first = operator.itemgetter(0)
     run: list[tuple[Any, ...]] = []
@@ -325,8 +348,14 @@ class Renderer:
         parts: list[bytes] = []
         fresh = 0
         try:
-            for plain, items in id_slices(ctx[var]):
-                key = hashlib.blake2b(setting + marshal.dumps(plain, 2), digest_size=16).digest()
+            packed = packed_slices(ctx[var])
+            keyed = (
+                ((marshal.dumps(plain, 2), items) for plain, items in id_slices(ctx[var]))
+                if packed is None
+                else packed
+            )
+            for content, items in keyed:
+                key = hashlib.blake2b(setting + content, digest_size=16).digest()
                 data = old.get(key)
                 if data is None:
                     data = self._one(template, ctx, **{var: items()})

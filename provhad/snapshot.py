@@ -26,14 +26,25 @@ class PackedRows(Sequence[T]):
     tuple into the item type (a NamedTuple of the model). Iterate; indexing unpacks all.
     """
 
-    __slots__ = ("_length", "_make", "blobs")
+    __slots__ = ("_length", "_make", "blobs", "spans")
 
     def __init__(
-        self, blobs: Sequence[bytes], length: int, make: Callable[[Any], T] | None = None
+        self,
+        blobs: Sequence[bytes],
+        length: int,
+        make: Callable[[Any], T] | None = None,
+        spans: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         self.blobs = tuple(blobs)
         self._length = length
         self._make = make
+        #: the first and the last id (a row's first field) of each blob, when known
+        self.spans = None if spans is None else tuple(spans)
+
+    @property
+    def plain(self) -> bool:
+        """Whether iteration gives the unpacked tuples themselves (no ``make``)."""
+        return self._make is None
 
     @classmethod
     def pack(
@@ -90,12 +101,16 @@ class Packer(Generic[T]):
     """Collects rows (tuples of ints, strings and None) into a :class:`PackedRows`, a blob at
     a time, so the unpacked rows never exist all at once."""
 
-    def __init__(self, make: Callable[[Any], T] | None = None, per_blob: int = 4096) -> None:
+    def __init__(
+        self, make: Callable[[Any], T] | None = None, per_blob: int = 4096, spans: bool = False
+    ) -> None:
         self._make = make
         self._per_blob = per_blob
         self._blobs: list[bytes] = []
         self._rows: list[tuple[Any, ...]] = []
         self._length = 0
+        #: with ``spans``: the lowest and highest first field (the id) of each blob
+        self._spans: list[tuple[int, int]] | None = [] if spans else None
 
     def append(self, row: tuple[Any, ...]) -> None:
         self._rows.append(row)
@@ -106,11 +121,14 @@ class Packer(Generic[T]):
         if self._rows:
             self._blobs.append(marshal.dumps(self._rows))
             self._length += len(self._rows)
+            if self._spans is not None:
+                ids = [r[0] for r in self._rows]
+                self._spans.append((min(ids), max(ids)))
             self._rows = []
 
     def done(self) -> PackedRows[T]:
         self._flush()
-        return PackedRows(self._blobs, self._length, self._make)
+        return PackedRows(self._blobs, self._length, self._make, self._spans)
 
 
 class Table(Sequence[Row]):

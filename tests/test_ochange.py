@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import marshal
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from provhad import config, model
+from provhad import config, db, model
 from provhad.plan import FileDigests, live_hashes
-from provhad.render import SLICE_IDS, HostFacts, Renderer, SliceCache, id_slices
-from provhad.snapshot import Row, Snapshot
+from provhad.render import SLICE_IDS, HostFacts, Renderer, SliceCache, id_slices, packed_slices
+from provhad.snapshot import (
+    ENDPOINT_COLUMNS,
+    MODEM_COLUMNS,
+    MTA_COLUMNS,
+    PackedRows,
+    Row,
+    Snapshot,
+    Table,
+)
 from tests import rows
 
 ROOT = "/srv/slave-root"
@@ -213,3 +223,91 @@ def test_live_hashes_read_a_file_again_only_when_it_changed(tmp_path: Path) -> N
     assert live_hashes(rendered, digests)[path] not in (None, first, second)
     os.unlink(path)
     assert live_hashes(rendered, digests)[path] is None
+
+
+def chunked(snap: Snapshot) -> Snapshot:
+    """``snap`` with its big tables kept as the database read keeps them: one packed blob per
+    chunk of db.CHUNK_IDS ids (db.RowCache)."""
+
+    def table(rows_: list[Row], columns: tuple[str, ...]) -> Table:
+        by_chunk: dict[int, list[tuple[Any, ...]]] = {}
+        for r in rows_:
+            by_chunk.setdefault(int(r["id"]) // db.CHUNK_IDS, []).append(
+                tuple(r.get(c) for c in columns)
+            )
+        blobs = [marshal.dumps(by_chunk[k]) for k in sorted(by_chunk)]
+        return Table(columns, PackedRows(blobs, len(rows_)))
+
+    return dataclasses.replace(
+        snap,
+        modem=table(list(snap.modem), MODEM_COLUMNS),
+        mta=table(list(snap.mta), MTA_COLUMNS),
+        endpoint=table(list(snap.endpoint), ENDPOINT_COLUMNS),
+    )
+
+
+def test_modelling_by_chunks_equals_the_whole_build_and_models_only_changed_chunks() -> None:
+    parts = model.PartCache()
+    cache = SliceCache()
+    sliced, whole = Renderer(CFG, slices=cache), Renderer(CFG)
+    modems, mtas = network(), {300000 + i: i for i in range(FIRST, FIRST + COUNT, 3)}
+    snap = chunked(snapshot(modems, mtas))
+    m = model.build(snap, "slave", parts=parts)
+    assert m == model.build(snap, "slave")
+    assert parts.last == (10, 10)  # chunks: 3 of modems, 3 of MTAs, 4 of endpoints
+    assert model.build(snap, "slave", parts=parts) == m
+    assert parts.last == (0, 10)
+    # (change, chunks modelled again): add_mta changes the MTA chunk and thereby which modems
+    # of one modem chunk own an MTA
+    for change, fresh in [(delete, 2), (insert, 2), (update, 1), (add_mta, 2), (drop_all, 0)]:
+        change(modems, mtas)
+        snap = chunked(snapshot(modems, mtas))
+        m = model.build(snap, "slave", parts=parts)
+        assert m == model.build(snap, "slave"), change.__name__
+        assert parts.last[0] == fresh, (change.__name__, parts.last)
+        got = {p: f.data for p, f in sliced.render(m, facts()).files.items()}
+        assert got == files(whole, snap), change.__name__
+        assert cache.mismatches == []
+
+
+def test_the_slices_of_a_model_built_by_chunks_are_keyed_without_unpacking() -> None:
+    parts, cache = model.PartCache(), SliceCache()
+    sliced = Renderer(CFG, slices=cache)
+    modems, mtas = network(), {300000 + i: i for i in range(FIRST, FIRST + COUNT, 3)}
+    m = model.build(chunked(snapshot(modems, mtas)), "slave", parts=parts)
+    assert packed_slices(m.modems) is not None
+    sliced.render(m, facts())
+    update(modems, mtas)
+    m = model.build(chunked(snapshot(modems, mtas)), "slave", parts=parts)
+    sliced.render(m, facts())
+    # modems-host.conf's one changed slice; the MTA and endpoint files' slices are reused
+    assert cache.last[0] == 2  # and modems-clients-public.conf's (modem 5001 went public)
+
+
+@pytest.mark.parametrize(
+    "clash",
+    [
+        # a modem's name again in a later chunk: the lower id keeps it
+        lambda modems, eps: modems[8500].update(hostname="cm-200"),
+        # an endpoint named like a modem: the modem keeps it
+        lambda modems, eps: eps.append(dict(eps[0], id=299999, hostname="cm-4200")),
+        # a modem named like an MTA's host: the modem keeps it (modems come first)
+        lambda modems, eps: modems[300].update(hostname="mta-300100"),
+    ],
+)
+def test_a_name_declared_in_two_chunks_is_judged_as_the_whole_build_judges_it(
+    clash: Callable[[dict[int, Row], list[Row]], None],
+) -> None:
+    mtas = {300000 + i: i for i in range(FIRST, FIRST + COUNT, 3)}
+    clean = chunked(snapshot(network(), mtas))
+    modems = network()
+    eps = list(snapshot(modems, mtas).endpoint)
+    clash(modems, eps)
+    snap = chunked(dataclasses.replace(snapshot(modems, mtas), endpoint=eps))
+    whole, whole_clean = model.build(snap, "slave"), model.build(clean, "slave")
+    assert any("is already used by" in r.reason for r in whole.rejects)
+    assert not any("is already used by" in r.reason for r in whole_clean.rejects)
+    # with one cache: the clash comes, goes and comes again (the name index follows)
+    parts = model.PartCache()
+    for s, expected in [(clean, whole_clean), (snap, whole), (clean, whole_clean), (snap, whole)]:
+        assert model.build(s, "slave", parts=parts) == expected
