@@ -2,8 +2,9 @@
 
 MODE ``provhad`` (default): a full read, as at startup, SIGHUP and the periodic rebuild.
 ``change SOCKET``: what the daemon does for a change: a full read fills the row cache, the
-rendered slices and the live files' digests (not timed, as the daemon's cycle before), a modem
-is changed through the server's admin SOCKET, and the rebuild after it reads incrementally.
+modelled chunks, the rendered slices and the live files' digests (not timed, as the daemon's
+cycle before), a modem is changed through the server's admin SOCKET, and the rebuild after it
+reads, models and renders incrementally.
 ``upstream``: upstream's full rewrite in place.
 
 Prints one JSON object: seconds per phase, bytes written and this process's peak RSS. A child
@@ -27,7 +28,8 @@ from provhad.render import INCLUDERS, Renderer
 
 
 def change_one_modem(socket: str) -> None:
-    """What the master does: one modem (in the middle of the id range) changes."""
+    """What the master does: one modem (in the middle of the id range) gets another MAC (a
+    host-only change: one line of modems-host.conf)."""
     with (
         pymysql.connect(unix_socket=socket, user="root", database="nms", autocommit=True) as conn,
         conn.cursor() as cur,
@@ -36,8 +38,10 @@ def change_one_modem(socket: str) -> None:
         row = cur.fetchone()
         assert row is not None
         cur.execute(
-            "UPDATE modem SET public = 1 - public WHERE id = (SELECT MIN(id) FROM modem"
-            " WHERE id >= %s AND deleted_at IS NULL AND mac LIKE '__:__:__:__:__:__')",
+            "UPDATE modem SET mac = CONCAT('02:', SUBSTRING(MD5(RAND()), 1, 2), ':',"
+            " SUBSTRING(mac, 7)) WHERE id = (SELECT MIN(id) FROM modem WHERE id >= %s"
+            " AND deleted_at IS NULL AND public = 0 AND internet_access = 1"
+            " AND mac LIKE '__:__:__:__:__:__')",
             (row[0],),
         )
         assert cur.rowcount == 1
@@ -49,13 +53,15 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
     facts = type(facts)(dt.datetime.now(dt.UTC), "nmsslave.nmsprime.test", facts.omapi)
     out: dict[str, float] = {}
     cache = None
+    parts = None
     renderer = Renderer(cfg)
     if mode == "change":
         cache = db.RowCache()
+        parts = cycle.PARTS
         renderer = Renderer(cfg, slices=cycle.SLICES)
-        warm = renderer.render(
-            model.build(asyncio.run(db.read_snapshot(cfg.database, cache)), cfg.own_state), facts
-        )
+        snap = asyncio.run(db.read_snapshot(cfg.database, cache))
+        warm = renderer.render(model.build(snap, cfg.own_state, parts=parts), facts)
+        del snap
         live_hashes(warm, LIVE)
         del warm
         change_one_modem(socket)
@@ -66,7 +72,7 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
         out["chunks_read"] = sum(n for n, _ in cache.last_read.values())
         out["chunks"] = sum(total for _, total in cache.last_read.values())
     t = time.perf_counter()
-    m = model.build(snap, cfg.own_state)
+    m = model.build(snap, cfg.own_state, parts=parts)
     out["model_s"] = time.perf_counter() - t
     t = time.perf_counter()
     rendered = renderer.render(m, facts)
@@ -93,7 +99,10 @@ def main(path: str, mode: str = "provhad", socket: str = "") -> dict[str, float]
         generations.write_checks(
             staged, lambda where: renderer.render(m, facts, locate=where, only=INCLUDERS)
         )
-        check = validate.run(staged, cfg.validate)
+        # as the daemon's cycle: a host-only change is checked on its own (cycle.hosts_only_check)
+        check = (mode == "change" and cycle.hosts_only_check(staged, cfg.validate)) or (
+            validate.run(staged, cfg.validate)
+        )
         out["validate_s"] = time.perf_counter() - t
         if not check.ok:
             raise SystemExit(f"validation failed: {check.problems}")

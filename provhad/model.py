@@ -662,23 +662,26 @@ def _build_netgws(
 @dataclass(frozen=True)
 class Part:
     """A run of one big table's rows (a chunk of ids, as read), modelled: everything
-    :func:`build` takes from it. A pure function of the rows (and, for modems, of which of
-    them own an MTA), so an unchanged chunk's part is taken from a :class:`PartCache`."""
+    :func:`build` takes from it. A pure function of the rows (and, for modems, of which ids
+    own an MTA), so an unchanged chunk's part is taken from a :class:`PartCache`."""
 
     #: the model's plain tuples (Modem or Mta fields), marshalled as snapshot.PackedRows keeps them
     blobs: tuple[bytes, ...]
     #: the first and the last id of each blob
     spans: tuple[tuple[int, int], ...]
     count: int
-    #: the host names it declares (one namespace across modems, endpoints and MTAs)
-    names: frozenset[str]
+    #: hash() of each host name it declares (one namespace across modems, endpoints and MTAs):
+    #: a tenth of the memory of the names at 500k modems; two names with one hash are taken
+    #: for a clash, which only costs a build in one go
+    names: tuple[int, ...]
     public: tuple[ModemRef, ...] = ()
     blocked: tuple[ModemRef, ...] = ()
     rejects: tuple[Reject, ...] = ()
     skipped: tuple[Reject, ...] = ()
-    #: modems: the ids it declares, and those of them declared as owning an MTA
-    ids: frozenset[int] = frozenset()
-    with_mta: frozenset[int] = frozenset()
+    #: modems: the lowest and highest id of its rows, and the MTA owners among those ids
+    #: when it was modelled (its lines say whether a modem owns an MTA)
+    rows_span: tuple[int, int] | None = None
+    owners_seen: tuple[int, ...] = ()
     #: MTAs: the modem ids that own one (upstream counts every MTA row, see _mta_owners)
     owners: frozenset[int] = frozenset()
     #: endpoints (few, kept as they are)
@@ -698,9 +701,11 @@ class PartCache:
     parts: dict[PartKey, Part] = field(default_factory=dict)
     #: parts modelled afresh and parts in all, by the last build
     last: tuple[int, int] = (0, 0)
-    #: host name -> the part declaring it, over the parts in ``indexed``
-    names: dict[str, PartKey] = field(default_factory=dict)
+    #: hash of a host name -> the part declaring it, over the parts in ``indexed``
+    names: dict[int, PartKey] = field(default_factory=dict)
     indexed: set[PartKey] = field(default_factory=set)
+    #: the MTA parts of the last build and the MTA owners they make, sorted
+    owners: tuple[tuple[bytes, ...], list[int]] = ((), [])
     #: the inputs of the last build's CMTSs and pools, and what was made of them
     netgws: tuple[str, tuple[NetGw, ...], tuple[Reject, ...]] | None = None
 
@@ -719,6 +724,24 @@ class PartCache:
                 index[name] = key
         self.indexed = set(parts)
         return True
+
+    def sorted_owners(self, mta_keys: tuple[bytes, ...], parts: Sequence[Part]) -> list[int]:
+        """The MTA owners of ``parts`` (the MTA parts, by key), sorted; the last build's when
+        its MTA parts were the same."""
+        if self.owners[0] != mta_keys:
+            self.owners = (mta_keys, sorted(frozenset().union(*(p.owners for p in parts))))
+        return self.owners[1]
+
+
+def _same_owners(part: Part, owners: list[int]) -> bool:
+    return _owners_within(owners, part.rows_span) == part.owners_seen
+
+
+def _owners_within(owners: list[int], span: tuple[int, int] | None) -> tuple[int, ...]:
+    if span is None:
+        return ()
+    lo, hi = span
+    return tuple(owners[bisect.bisect_left(owners, lo) : bisect.bisect_right(owners, hi)])
 
 
 def _taken(hosts: Mapping[str, int | tuple[str, int]], name: str) -> str:
@@ -750,7 +773,6 @@ def _modem_part(
     modems: Packer[Modem] = Packer(Modem._make, spans=True)
     public: list[ModemRef] = []
     blocked: list[ModemRef] = []
-    ids: list[int] = []
     # Inline rather than method calls, and no object of its own per modem: this runs once
     # per row, hundreds of thousands of times.
     for mid, hostname, raw, is_public, access in rows:
@@ -781,23 +803,19 @@ def _modem_part(
             rejects.append(Reject("modem", mid, str(exc)))
             continue
         hosts[key] = mid
-        ids.append(mid)
         modems.append((mid, name, cm_mac, mid in mta_owner))
         if is_public:
             public.append(ModemRef(mid, cm_mac))
     packed = modems.done()
-    declared = frozenset(ids)
     return Part(
         packed.blobs,
         packed.spans or (),
         len(packed),
-        frozenset(hosts),  # modems come first in the namespace: these are all theirs
+        tuple(map(hash, hosts)),  # modems come first in the namespace: these are all theirs
         tuple(public),
         tuple(blocked),
         tuple(rejects),
         tuple(skipped),
-        declared,
-        declared & mta_owner,
     )
 
 
@@ -810,7 +828,7 @@ def _mta_part(
     rejects: list[Reject] = []
     skipped: list[Reject] = []
     mtas: Packer[Mta] = Packer(Mta._make, spans=True)
-    names: list[str] = []
+    names: list[int] = []
     for tid, _owner, raw in rows:
         tid = int(tid)
         if dropped_rows and (reason := dropped_rows.get(("mta", tid))) is not None:
@@ -829,14 +847,14 @@ def _mta_part(
             rejects.append(Reject("mta", tid, str(exc)))
             continue
         hosts[key] = ("mta", tid)
-        names.append(key)
+        names.append(hash(key))
         mtas.append((tid, mta_mac))
     packed = mtas.done()
     return Part(
         packed.blobs,
         packed.spans or (),
         len(packed),
-        frozenset(names),
+        tuple(names),
         rejects=tuple(rejects),
         skipped=tuple(skipped),
         owners=_mta_owners(rows),
@@ -877,7 +895,7 @@ def _endpoint_part(
         (),
         (),
         len(endpoints),
-        frozenset(e.hostname for e in endpoints),
+        tuple(hash(e.hostname) for e in endpoints),
         rejects=tuple(rejects),
         endpoints=tuple(endpoints),
     )
@@ -916,27 +934,33 @@ def _by_chunk(snap: Snapshot, cache: PartCache) -> dict[str, list[Part]] | None:
         return None
     new: dict[PartKey, Part] = {}
     out: dict[str, list[Part]] = {t: [] for t in _CHUNKED}
-    owners: frozenset[int] = frozenset()
+    owners: list[int] = []
     fresh = 0
     for table in _CHUNKED:  # MTAs first: a modem's line says whether it owns one
         for blob in chunks[table] or ():
             key = (table, blob)
             part = cache.parts.get(key)
-            if table == "modem" and part is not None and part.ids & owners != part.with_mta:
-                part = None
+            if part is not None and table == "modem" and not _same_owners(part, owners):
+                part = None  # an MTA came or went for one of its modems
             if part is None:
                 rows = marshal.loads(blob)
                 if table == "mta":
                     part = _mta_part(rows, {}, {})
                 elif table == "modem":
-                    part = _modem_part(rows, owners, {}, {})
+                    span = (min(r[0] for r in rows), max(r[0] for r in rows)) if rows else None
+                    seen = _owners_within(owners, span)
+                    part = replace(
+                        _modem_part(rows, frozenset(seen), {}, {}),
+                        rows_span=span,
+                        owners_seen=seen,
+                    )
                 else:
                     part = _endpoint_part(rows, {}, {})
                 fresh += 1
             new[key] = part
             out[table].append(part)
         if table == "mta":
-            owners = frozenset().union(*(p.owners for p in out["mta"]))
+            owners = cache.sorted_owners(tuple(chunks["mta"] or ()), out["mta"])
     unique = cache.declare(new)
     cache.parts = new
     cache.last = (fresh, len(new))
