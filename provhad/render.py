@@ -125,6 +125,22 @@ def quote(value: Any) -> str:
     return '"' + "".join(out) + '"'
 
 
+def host_declaration(name: str) -> str:
+    """A host's declaration name under ``[render] hashed_host_names``: the name, a dash and 8
+    hex digits of its BLAKE2b hash. dhcpd files config hosts in a table of 22,501 buckets by
+    a hash under which ``cm-<id>`` names fall into a few hundred; the suffix spreads them over
+    all (docs/benchmarks.md, "dhcpd start-up and host names"). Injective: the name is kept."""
+    return f"{name}-{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}"
+
+
+def declared_as(declaration: str) -> str:
+    """The host name behind a declaration name (:func:`host_declaration` undone, if it is one)."""
+    name, _, suffix = declaration.rpartition("-")
+    if len(suffix) == 8 and name and host_declaration(name) == declaration:
+        return name
+    return declaration
+
+
 def vivso_tftp(ips: Iterable[str]) -> str:
     """Option 125 (enterprise 4491) sub-option 2 listing TFTP servers, as colon hex."""
     addrs = [bytes(int(o) for o in ip.split(".")) for ip in ips]
@@ -277,6 +293,7 @@ class Renderer:
             autoescape=False,
         )
         self.env.filters["q"] = quote
+        self.env.filters["declared"] = host_declaration
         self.env.filters["j"] = lambda v: json.dumps(v if isinstance(v, int) else str(v))
         p = config.paths
         self.dhcp_dir = str(p.under_root(p.dhcp_dir))
@@ -301,6 +318,7 @@ class Renderer:
             "mtas": model.mtas,
             "endpoints": model.endpoints,
             "provvoip": cfg.render.provvoip,
+            "hashed_host_names": cfg.render.hashed_host_names,
             "vivso": vivso_tftp([model.ha.own_ip, model.ha.peer_ip]),
             "utc_offset": utc_offset(cfg.render.timezone, facts.now),
             "provision_server": provision_server(facts.fqdn),
@@ -473,6 +491,8 @@ def blame(model: Model, rendered: RenderedSet, path: str, line: int) -> Reject |
     host = _HOST_LINE.match(text)
     if host and name in ("modems-host.conf", "endpoints-host.conf", "mta.conf"):
         hostname = host.group("name")
+        if name != "endpoints-host.conf":  # modems and MTAs may be declared hashed
+            hostname = declared_as(hostname)
         if name == "modems-host.conf":
             found = next((m.id for m in model.modems if m.hostname == hostname), None)
             return Reject("modem", found, "host") if found is not None else None

@@ -6,15 +6,27 @@ Regenerate the golden copies after a deliberate format change with
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from provhad import config, model
-from provhad.render import HostFacts, OmapiKey, Renderer, provision_server, quote, vivso_tftp
+from provhad import config, model, validate
+from provhad.render import (
+    HostFacts,
+    OmapiKey,
+    Renderer,
+    blame,
+    declared_as,
+    host_declaration,
+    provision_server,
+    quote,
+    vivso_tftp,
+)
 from tests import rows
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -30,8 +42,6 @@ FACTS = HostFacts(
 def render(role: str, **render_cfg: Any) -> dict[str, str]:
     cfg = config.Config(own_state=role).with_root(ROOT)
     if render_cfg:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, **render_cfg))
     m = model.build(rows.small(), role)
     out = Renderer(cfg).render(m, FACTS)
@@ -221,3 +231,47 @@ def test_ddns_script_names_cpes_like_dhcpd_prints_macs(tmp_path: Path) -> None:
             ["python3", "-c", code, spelled, str(key)], capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == want
+
+
+def test_hashed_host_names_change_only_the_declaration_names() -> None:
+    plain, hashed = render("slave"), render("slave", hashed_host_names=True)
+    assert plain.keys() == hashed.keys()
+    for rel in plain:
+        if rel.endswith(("modems-host.conf", "mta.conf")):
+            continue
+        assert hashed[rel] == plain[rel], rel
+    for rel in ("etc/dhcp-nmsprime/modems-host.conf", "etc/dhcp-nmsprime/mta.conf"):
+        before, after = plain[rel].splitlines(), hashed[rel].splitlines()
+        assert len(before) == len(after) and any(ln.startswith("host ") for ln in before)
+        for a, b in zip(before, after, strict=True):
+            if not a.startswith("host "):
+                assert a == b
+                continue
+            name = a.split()[1]
+            declared = host_declaration(name)
+            assert re.fullmatch(re.escape(name) + r"-[0-9a-f]{8}", declared)
+            # only the declaration's name: filename, ddns-hostname and the rest stay
+            assert b == a.replace(f"host {name} {{", f"host {declared} {{", 1)
+            assert declared_as(declared) == name
+
+
+def test_declared_as_leaves_other_names_alone() -> None:
+    for name in ("cm-1", "cm-1-deadbeef", "mta-7-0000000", "-abcdef12", "plain"):
+        assert declared_as(name) == name
+    assert declared_as(host_declaration("cm-1-deadbeef")) == "cm-1-deadbeef"
+
+
+def test_hashed_host_names_pass_dhcpd_and_blame_their_rows(tmp_path: Path) -> None:
+    cfg = config.Config(own_state="slave").with_root(str(tmp_path))
+    cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, hashed_host_names=True))
+    m = model.build(rows.small(), "slave")
+    out = Renderer(cfg).render(m, FACTS)
+    assert validate.probe_dhcpd(out, cfg.validate)
+    for file, table in (("modems-host.conf", "modem"), ("mta.conf", "mta")):
+        path = f"{out.dhcp_dir}/{file}"
+        lines = out.files[path].data.decode().split("\n")
+        at = next(i for i, ln in enumerate(lines, 1) if ln.startswith("host "))
+        who = blame(m, out, path, at)
+        assert who is not None and who.table == table
+        row = m.modems[0] if table == "modem" else m.mtas[0]
+        assert who.id == row.id
