@@ -133,17 +133,18 @@ class DhcpdPorts:
         return manifest.generation if manifest is not None else None
 
     def _host_delta(self) -> tuple[hosts.HostDelta, list[str], list[str]]:
-        """The OMAPI steps from what dhcpd holds to the live host files, the host files they
-        cover, and the other files of dhcpd's that changed too (those need a restart).
-        NotLive when the host part cannot go by OMAPI or the files dhcpd holds are unknown."""
+        """The OMAPI steps from what dhcpd holds to the live host and subclass files, the
+        files they cover, and the other files of dhcpd's that changed too (those need a
+        restart). NotLive when that part cannot go by OMAPI or the files dhcpd holds are
+        unknown."""
         old, live = self.d.state.dhcpd_running_files, self.files.hashes
         if not old:
             raise NotLive("no record of the files dhcpd runs")
         every = {p for p in old.keys() | live.keys() if old.get(p) != live.get(p)}
-        others = sorted(every - set(hosts.HOST_FILES))
+        others = sorted(every - set(hosts.LIVE_FILES))
         changed = every - set(others)
         if not changed:
-            raise NotLive(f"not only hosts changed: {', '.join(others)}")
+            raise NotLive(f"not only hosts or subclasses changed: {', '.join(others)}")
         before: dict[str, bytes] = {}
         after: dict[str, bytes] = {}
         for rel in changed:
@@ -165,8 +166,9 @@ class DhcpdPorts:
         return change, sorted(changed), others
 
     async def live_update(self) -> LiveUpdate:
-        """Host changes into the running dhcpd by OMAPI. The lines sent are byte for byte
-        lines of the live set, which dhcpd -t accepted whole before it went live."""
+        """Host and subclass-member changes into the running dhcpd by OMAPI. The lines sent
+        are byte for byte lines of the live set, which dhcpd -t accepted whole before it went
+        live (a member carries no statements: its class's are dhcpd's own)."""
         client = self.d.omapi_client()
         if client is None:
             return LiveUpdate(reason="OMAPI is off ([dhcpd] omapi = false, or no OMAPI key)")
@@ -193,7 +195,15 @@ class DhcpdPorts:
                     s.dhcpd_running_files[rel] = self.files.hashes[rel]
                 else:
                     s.dhcpd_running_files.pop(rel, None)
-        return LiveUpdate(True, True, "", len(change.delete), len(change.add), bool(others))
+        return LiveUpdate(
+            applied=True,
+            attempted=True,
+            deletes=len(change.delete),
+            adds=len(change.add),
+            partial=bool(others),
+            member_deletes=len(change.leave),
+            member_adds=len(change.join),
+        )
 
     async def rollback(self) -> int | None:
         manifest = await asyncio.to_thread(generations.rollback, self.d.state_dir)

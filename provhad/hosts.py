@@ -1,4 +1,5 @@
-"""dhcpd host entries as OMAPI carries them, and the delta between two sets of them (pure).
+"""dhcpd host entries and subclass members as OMAPI carries them, and the delta between two
+sets of them (pure).
 
 A host entry is what a ``host NAME { ... }`` block of modems-host.conf, endpoints-host.conf or
 mta.conf holds, split the way a host object of dhcpd's OMAPI takes it: the name, the hardware
@@ -21,6 +22,10 @@ from provhad.model import HA, Model
 
 #: the files whose host blocks OMAPI carries (mta.conf only when it is included: provvoip)
 HOST_FILES = ("modems-host.conf", "endpoints-host.conf", "mta.conf")
+#: the files whose ``subclass "CLASS" MAC;`` lines OMAPI carries (one class per file)
+SUBCLASS_FILES = ("blocked.conf", "modems-clients-public.conf")
+#: every file a change confined to which goes to the running dhcpd by OMAPI
+LIVE_FILES = HOST_FILES + SUBCLASS_FILES
 
 
 class HostEntry(NamedTuple):
@@ -40,18 +45,40 @@ class HostEntry(NamedTuple):
         return self.mac is not None
 
 
+class Member(NamedTuple):
+    """A ``subclass "CLASS" MAC;`` line: the MAC (lower case) is a member of the class (its
+    hash string is the MAC's six bytes, what ``match pick-first-value (option agent.remote-id)``
+    yields for a CPE behind that modem)."""
+
+    cls: str
+    mac: str
+
+    def __str__(self) -> str:
+        return f'subclass "{self.cls}" {self.mac}'
+
+
 @dataclass(frozen=True)
 class HostDelta:
-    """What turns one host table into another: every delete before any add (a host changed
-    in place, or a MAC that moved to another name, is a delete and then an add)."""
+    """What turns one host table (and subclass membership) into another: every delete before
+    any add (a host changed in place, or a MAC that moved to another name, is a delete and
+    then an add)."""
 
     delete: list[str] = field(default_factory=list)
     add: list[HostEntry] = field(default_factory=list)
     #: names to add that OMAPI cannot carry (no MAC): only a restart brings them in
     unsupported: list[str] = field(default_factory=list)
+    #: subclass members to remove, then to add (after the hosts of each kind)
+    leave: list[Member] = field(default_factory=list)
+    join: list[Member] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.delete) + len(self.add) + len(self.unsupported)
+        return (
+            len(self.delete)
+            + len(self.add)
+            + len(self.unsupported)
+            + len(self.leave)
+            + len(self.join)
+        )
 
     @property
     def empty(self) -> bool:
@@ -265,9 +292,11 @@ def _host_lines(data: bytes) -> Counter[bytes]:
 
 
 def file_delta(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> HostDelta:
-    """The OMAPI steps from the host files ``old`` (by name: what dhcpd holds) to ``new``
-    (live), from :func:`changed_entries`."""
-    return delta(*changed_entries(old, new))
+    """The OMAPI steps from the files ``old`` (by name: what dhcpd holds) to ``new`` (live),
+    from :func:`changed_entries` and :func:`changed_members`."""
+    hosts = delta(*changed_entries(old, new))
+    leave, join = changed_members(old, new)
+    return HostDelta(hosts.delete, hosts.add, hosts.unsupported, leave, join)
 
 
 def changed_entries(
@@ -288,3 +317,62 @@ def changed_entries(
                     raise HostSyntaxError(f"{name}: host {entry.name} twice")
                 into[entry.name] = entry
     return gone, came
+
+
+# --- reading rendered subclass files ------------------------------------------------------------
+
+# as templates/blocked.conf.j2 and modems-clients-public.conf.j2 write them, comment included
+_SUBCLASS_LINE = re.compile(
+    rb'subclass "([A-Za-z0-9_.-]+)" ([0-9a-f]{2}(?::[0-9a-f]{2}){5});(?:[ \t]*#[^\n]*)?'
+)
+_SUBCLASS_AT_LINE = re.compile(rb"(?m)^" + _SUBCLASS_LINE.pattern)
+#: above this many members to look up in one file, the file is read whole once instead
+_SCAN_MAX = 16
+
+
+def parse_subclass_line(line: bytes) -> Member:
+    """One rendered ``subclass "CLASS" MAC; # comment`` line as a member."""
+    found = _SUBCLASS_LINE.fullmatch(line.strip())
+    if found is None:
+        raise HostSyntaxError(f"not a one-line subclass of a MAC: {line.strip()[:80]!r}")
+    return Member(found[1].decode(), found[2].decode())
+
+
+def _subclass_lines(data: bytes) -> Counter[bytes]:
+    return Counter(ln for ln in data.split(b"\n") if ln.startswith(b"subclass "))
+
+
+def _members_in(data: bytes, wanted: set[Member]) -> set[Member]:
+    """Which of ``wanted`` have a line in ``data``: a search per member while few (the
+    common case costs a scan in C), else one pass over the whole file."""
+    if len(wanted) > _SCAN_MAX:
+        every = {Member(c.decode(), m.decode()) for c, m in _SUBCLASS_AT_LINE.findall(data)}
+        return wanted & every
+    found = set()
+    for m in wanted:
+        needle = f"{m};".encode()
+        if data.startswith(needle) or b"\n" + needle in data:
+            found.add(m)
+    return found
+
+
+def changed_members(
+    old: Mapping[str, bytes], new: Mapping[str, bytes]
+) -> tuple[list[Member], list[Member]]:
+    """The subclass members to remove and to add (each sorted) from the files ``old`` to
+    ``new`` (by name). Only the lines that differ are parsed; a member whose line changed
+    only in its comment (another modem id), or that another line of the same file still (or
+    already) holds (two modems with one MAC), needs nothing. Each class lives in one file,
+    as the templates write them. HostSyntaxError for a changed line that is not a one-line
+    ``subclass`` of a lower-case MAC."""
+    leave: set[Member] = set()
+    join: set[Member] = set()
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name, b""), new.get(name, b"")
+        a, b = _subclass_lines(before), _subclass_lines(after)
+        gone = {parse_subclass_line(ln) for ln in (a - b)}
+        came = {parse_subclass_line(ln) for ln in (b - a)}
+        # a member with a line left in the other version was never (or is still) out
+        leave |= (gone - came) - _members_in(after, gone - came)
+        join |= (came - gone) - _members_in(before, came - gone)
+    return sorted(leave), sorted(join)

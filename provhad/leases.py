@@ -1,12 +1,16 @@
-"""dhcpd's lease file without its host records: what every dhcpd start must begin from.
+"""dhcpd's lease file without its OMAPI records: what every dhcpd start must begin from.
 
 dhcpd writes each OMAPI host change to the lease file (``host X { dynamic; ... }``, a
-tombstone ``host X { deleted; }`` for a config host deleted) and reads them back after the
-config at every start, so they would override the config files. :func:`strip_hosts` removes
-every top-level ``host`` statement and keeps every other byte as it was (leases, failover
-state, server-duid, authoring-byte-order, comments). It runs while dhcpd is stopped: from
-dhcpd's unit (ExecStartPre, systemd/dhcpd-provhad.conf) as root, since provhad itself cannot
-write the file. Run as ``provhad strip-hosts FILE`` or ``python3 -m provhad.leases FILE``.
+tombstone ``host X { deleted; }`` for a config host deleted) and each subclass member OMAPI
+added or then removed (``subclass "blocked" MAC { dynamic; ... }``, ``{ deleted; ... }``), and
+reads them back after the config at every start, so they would override the config files.
+:func:`strip_hosts` removes every top-level ``host`` and ``subclass`` statement and keeps every
+other byte as it was (leases with their ``billing subclass`` lines, failover state,
+server-duid, authoring-byte-order, comments). Only OMAPI writes top-level ``subclass``
+records: a spawned subclass (``spawn with``) is written only as a lease's billing line.
+It runs while dhcpd is stopped: from dhcpd's unit (ExecStartPre, systemd/dhcpd-provhad.conf)
+as root, since provhad itself cannot write the file. Run as ``provhad strip-hosts FILE`` or
+``python3 -m provhad.leases FILE``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 
 #: exit codes of the command: done (also: nothing to strip), the file could not be handled
 EXIT_OK, EXIT_FAILED = 0, 1
+#: the top-level statements OMAPI writes and :func:`without_hosts` removes
+OMAPI_RECORDS = frozenset({b"host", b"subclass"})
 
 
 class LeaseSyntaxError(ValueError):
@@ -83,12 +89,13 @@ def _statement(data: bytes, start: int, end: int) -> Statement:
 
 
 def without_hosts(data: bytes) -> tuple[bytes, int]:
-    """``data`` without its top-level ``host`` statements, and how many there were. Each goes
-    with the blank space before it back to the previous line end, and its own line end."""
+    """``data`` without its top-level ``host`` and ``subclass`` statements, and how many there
+    were. Each goes with the blank space before it back to the previous line end, and its own
+    line end."""
     out: list[bytes] = []
     kept_to, count = 0, 0
     for st in statements(data):
-        if st.keyword != b"host":
+        if st.keyword not in OMAPI_RECORDS:
             continue
         cut = data.rfind(b"\n", kept_to, st.start) + 1 or kept_to
         end = st.end + 1 if data[st.end : st.end + 1] == b"\n" else st.end
@@ -101,10 +108,11 @@ def without_hosts(data: bytes) -> tuple[bytes, int]:
 
 
 def strip_hosts(path: str) -> int:
-    """Remove every host record from the lease file ``path``; how many were removed.
+    """Remove every host and subclass record from the lease file ``path``; how many were
+    removed.
 
     Atomic (a temporary file beside it, fsynced, renamed over it, the directory fsynced) and
-    keeping owner, group and mode; a file without host records is not written at all.
+    keeping owner, group and mode; a file without such records is not written at all.
     Raises OSError or LeaseSyntaxError (the file is then untouched).
     """
     with open(path, "rb") as f:
@@ -152,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"provhad strip-hosts: {path}: {exc}; left as it was", file=sys.stderr)
             status = EXIT_FAILED
             continue
-        print(f"{path}: {count} host records removed" if count else f"{path}: no host records")
+        print(
+            f"{path}: {count} host/subclass records removed"
+            if count
+            else f"{path}: no host/subclass records"
+        )
     return status
 
 

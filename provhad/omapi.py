@@ -1,4 +1,5 @@
-"""The OMAPI edge: host deletes and adds sent to the running dhcpd (pypureomapi over TCP).
+"""The OMAPI edge: host and subclass-member deletes and adds sent to the running dhcpd
+(pypureomapi over TCP).
 
 pypureomapi's sockets block, so each request runs in a worker thread under a deadline; on a
 timeout the socket is shut down, which ends the blocked thread. Any transport failure drops
@@ -20,7 +21,7 @@ from typing import TypeVar
 
 import pypureomapi
 
-from provhad.hosts import HostDelta, HostEntry
+from provhad.hosts import HostDelta, HostEntry, Member
 
 _T = TypeVar("_T")
 #: seconds one request (or the connect with its authentication) may take
@@ -85,6 +86,20 @@ def add_message(entry: HostEntry) -> pypureomapi.OmapiMessage:
         msg.obj.append((b"ip-address", pypureomapi.pack_ip(entry.fixed_address)))
     if entry.statements:
         msg.obj.append((b"statements", entry.statements.encode()))
+    return msg
+
+
+def member_message(member: Member, create: bool) -> pypureomapi.OmapiMessage:
+    """The ``open`` of a subclass object: its class by name and its hash string (the MAC's
+    six bytes, as dhcpd parses ``subclass "CLASS" MAC;``). With ``create`` it is added
+    (``exclusive``: an existing member is an error), else looked up."""
+    msg = pypureomapi.OmapiMessage.open(b"subclass")
+    if create:
+        msg.message += [(b"create", _ONE), (b"exclusive", _ONE)]
+    msg.obj += [
+        (b"name", member.cls.encode()),
+        (b"hashstring", pypureomapi.pack_mac(member.mac)),
+    ]
     return msg
 
 
@@ -202,9 +217,10 @@ class OmapiClient:
     # --- requests (run in the worker thread) -------------------------------------------------
 
     @staticmethod
-    def _open_by_name(conn: pypureomapi.Omapi, name: str) -> pypureomapi.OmapiMessage | None:
-        msg = pypureomapi.OmapiMessage.open(b"host")
-        msg.obj.append((b"name", name.encode()))
+    def _open(
+        conn: pypureomapi.Omapi, msg: pypureomapi.OmapiMessage
+    ) -> pypureomapi.OmapiMessage | None:
+        """The object a lookup ``msg`` names, None when dhcpd has none."""
         reply = conn.query_server(msg)
         if reply.opcode == pypureomapi.OMAPI_OP_UPDATE:
             return reply
@@ -214,8 +230,15 @@ class OmapiClient:
         raise OmapiRefused(f"lookup: {text}")
 
     @classmethod
-    def _delete(cls, conn: pypureomapi.Omapi, name: str) -> None:
-        found = cls._open_by_name(conn, name)
+    def _open_by_name(cls, conn: pypureomapi.Omapi, name: str) -> pypureomapi.OmapiMessage | None:
+        msg = pypureomapi.OmapiMessage.open(b"host")
+        msg.obj.append((b"name", name.encode()))
+        return cls._open(conn, msg)
+
+    @classmethod
+    def _delete(cls, conn: pypureomapi.Omapi, lookup: pypureomapi.OmapiMessage) -> None:
+        """Delete the object ``lookup`` finds; one that is not there is no error."""
+        found = cls._open(conn, lookup)
         if found is None:
             return  # already gone: deleting is idempotent
         if not found.handle:
@@ -226,8 +249,8 @@ class OmapiClient:
             raise OmapiRefused(f"delete: {text}")
 
     @staticmethod
-    def _add(conn: pypureomapi.Omapi, entry: HostEntry) -> None:
-        reply = conn.query_server(add_message(entry))
+    def _add(conn: pypureomapi.Omapi, msg: pypureomapi.OmapiMessage) -> None:
+        reply = conn.query_server(msg)
         if reply.opcode != pypureomapi.OMAPI_OP_UPDATE:
             raise OmapiRefused(f"add: {_status(reply)[1]}")
 
@@ -241,8 +264,20 @@ class OmapiClient:
             reply = await self._in_thread(lambda c: self._open_by_name(c, name))
         return None if reply is None else _decode_host(reply.obj)
 
+    async def member(self, member: Member) -> dict[str, int] | None:
+        """The subclass ``member`` as dhcpd holds it (its ``lease-limit`` and ``leases-used``),
+        or None when the class has no such member. Raises OmapiUnavailable or OmapiRefused."""
+        async with self._lock:
+            reply = await self._in_thread(
+                lambda c: self._open(c, member_message(member, create=False))
+            )
+        if reply is None:
+            return None
+        return {k.decode(): struct.unpack("!I", v)[0] for k, v in reply.obj if len(v) == 4}
+
     async def apply(self, delta: HostDelta) -> ApplyResult:
-        """Every delete of ``delta``, then every add, one request each.
+        """Every delete of ``delta`` (hosts, then subclass members), then every add (hosts,
+        then members), one request each (a member's name in results: ``subclass "C" MAC``).
 
         A request dhcpd refuses is recorded in ``failed`` and the rest still go (the caller
         restarts dhcpd anyway). A lost connection or a timeout stops at once with
@@ -250,10 +285,20 @@ class OmapiClient:
         ``error``: nothing was sent). Hosts without a
         MAC (``delta.unsupported``) are not sent: the caller must restart for them.
         """
-        steps: list[tuple[str, Callable[[pypureomapi.Omapi], None]]] = [
-            (name, functools.partial(self._delete, name=name)) for name in delta.delete
+        steps: list[tuple[str, Callable[[pypureomapi.Omapi], None]]] = []
+        for name in delta.delete:
+            msg = pypureomapi.OmapiMessage.open(b"host")
+            msg.obj.append((b"name", name.encode()))
+            steps.append((name, functools.partial(self._delete, lookup=msg)))
+        steps += [
+            (str(m), functools.partial(self._delete, lookup=member_message(m, create=False)))
+            for m in delta.leave
         ]
-        steps += [(e.name, functools.partial(self._add, entry=e)) for e in delta.add]
+        steps += [(e.name, functools.partial(self._add, msg=add_message(e))) for e in delta.add]
+        steps += [
+            (str(m), functools.partial(self._add, msg=member_message(m, create=True)))
+            for m in delta.join
+        ]
         applied, failed = 0, list[tuple[str, str]]()
         async with self._lock:
             if self._conn is not None and steps:

@@ -48,7 +48,7 @@ class Ports(Protocol):
 
     async def live_update(self) -> LiveUpdate:
         """Bring the running dhcpd to the live files without a restart (OMAPI), when only
-        hosts changed; say why not otherwise."""
+        hosts or subclass members changed; say why not otherwise."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class LiveUpdate:
     adds: int = 0
     #: only the host part was applied; other files changed too, so a restart is still due
     partial: bool = False
+    #: subclass members (blocked.conf, modems-clients-public.conf) removed and added
+    member_deletes: int = 0
+    member_adds: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,10 +178,14 @@ class Supervisor:
             return False
         s.omapi_hosts += upd.deletes + upd.adds
         s.omapi_last = f"{now_iso()} -{upd.deletes} +{upd.adds}"
+        if upd.member_deletes or upd.member_adds:
+            s.omapi_last += f" subclass -{upd.member_deletes} +{upd.member_adds}"
         self.log.info(
             "omapi_applied",
             deletes=upd.deletes,
             adds=upd.adds,
+            subclass_deletes=upd.member_deletes,
+            subclass_adds=upd.member_adds,
             seconds=round(self.clock() - started, 3),
             partial=upd.partial,
         )

@@ -13,7 +13,10 @@ from provhad.hosts import (
     HostDelta,
     HostEntry,
     HostSyntaxError,
+    Member,
+    changed_members,
     delta,
+    file_delta,
     host_block,
     host_entries,
     names_by_mac,
@@ -292,3 +295,88 @@ def test_file_delta_moves_a_mac_by_delete_then_add() -> None:
     assert d.delete == ["cm-1"] and [e.name for e in d.add] == ["cm-2"]
     # a line moved between files unchanged is no step at all
     assert file_delta(old, {"endpoints-host.conf": old["modems-host.conf"]}).empty
+
+
+# --- subclass members (blocked.conf, modems-clients-public.conf) ------------------------------
+
+BLOCKED_HEAD = b"# All Modems (remote agent IDs) without internet access\n"
+
+
+def sub(n: int, cm: int | None = None, cls: str = "blocked") -> bytes:
+    sep = " " if cls == "blocked" else ""  # the two templates differ by this space
+    return f'subclass "{cls}" 00:11:22:33:44:{n:02x}; # CM id:{sep}{cm or n}\n'.encode()
+
+
+def member(n: int, cls: str = "blocked") -> Member:
+    return Member(cls, f"00:11:22:33:44:{n:02x}")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "leave", "join"),
+    [
+        (sub(1) + sub(2), sub(2) + sub(3), [member(1)], [member(3)]),
+        (sub(1), sub(1, cm=7), [], []),  # another modem id, the same member
+        (sub(1) + sub(1, cm=7), sub(1, cm=7), [], []),  # two modems, one MAC: one left
+        (sub(1, cm=7), sub(1) + sub(1, cm=7), [], []),  # already a member by another line
+        (sub(1) + sub(1, cm=7), b"", [member(1)], []),
+        (b"", b"".join(sub(n) for n in range(40)), [], [member(n) for n in range(40)]),
+        (b"".join(sub(n) for n in range(40)), sub(5), [member(n) for n in range(40) if n != 5], []),
+        (
+            b"".join(sub(n) for n in range(40)),
+            b"".join(sub(n, cm=n + 100) for n in range(40)),
+            [],
+            [],
+        ),
+    ],
+)
+def test_member_changes_follow_membership_not_lines(
+    old: bytes, new: bytes, leave: list[Member], join: list[Member]
+) -> None:
+    files = ("blocked.conf", BLOCKED_HEAD + old), ("blocked.conf", BLOCKED_HEAD + new)
+    assert changed_members(dict([files[0]]), dict([files[1]])) == (leave, join)
+
+
+def test_file_delta_carries_hosts_and_members_together() -> None:
+    public = "modems-clients-public.conf"
+    old = {"modems-host.conf": b"", public: sub(1, cls="Client-Public")}
+    new = {
+        "modems-host.conf": host_block(HostEntry("cm-1", "00:11:22:33:44:01", "")).encode(),
+        public: sub(2, cls="Client-Public"),
+        "blocked.conf": sub(1),
+    }
+    change = file_delta(old, new)
+    assert [e.name for e in change.add] == ["cm-1"] and not change.delete
+    assert change.leave == [member(1, "Client-Public")]
+    assert change.join == [member(2, "Client-Public"), member(1)]  # sorted by class
+    assert len(change) == 4 and str(change.join[1]) == 'subclass "blocked" 00:11:22:33:44:01'
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'subclass "blocked" 00:11:22:33:44:AA; # CM id: 1',  # upper case: not our template's
+        b'subclass "blocked" "a-string";',
+        b'subclass "blocked" 00:11:22:33:44:01 { dynamic; }',
+        b'subclass "blocked" 00:11:22:33:44:01; next statement;',
+    ],
+)
+def test_a_subclass_line_not_as_the_templates_write_it_is_refused(line: bytes) -> None:
+    with pytest.raises(HostSyntaxError, match="not a one-line subclass"):
+        changed_members({}, {"blocked.conf": line + b"\n"})
+
+
+def test_the_templates_subclass_lines_are_read_back(tmp_path: Path) -> None:
+    """Every member line blocked.conf.j2 and modems-clients-public.conf.j2 render is one
+    changed_members reads (else the change would fall back to a restart)."""
+    snap = rows.small()
+    for r in snap.modem[:3]:
+        r.update(public=1, internet_access=0)
+    cfg = config.Config().with_root(str(tmp_path))
+    m = model.build(snap, "slave")
+    rendered = Renderer(cfg).render(m, FACTS)
+    files = {
+        name: rendered.files[f"{rendered.dhcp_dir}/{name}"].data for name in hosts.SUBCLASS_FILES
+    }
+    leave, join = changed_members({}, files)
+    assert not leave and len(join) == len(m.blocked_modems) + len(m.public_modems) == 6
+    assert {j.mac for j in join} == {r.mac for r in m.blocked_modems}

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from provhad import cli
-from provhad.hosts import HostDelta
+from provhad.hosts import HostDelta, Member
 from provhad.leases import LeaseSyntaxError, statements, strip_hosts, without_hosts
 from provhad.omapi import ApplyResult
-from tests.test_omapi import Dhcpd, cm, dhcpd  # noqa: F401 (dhcpd is a fixture)
+from tests.test_omapi import CLASSES, Dhcpd, blocked, cm, dhcpd  # noqa: F401 (a fixture)
 
 LEASE = (
     b"lease 10.0.0.5 {\n"
@@ -44,6 +44,12 @@ HOST = (
     b'        supersede server.filename = "cm/{cm-1}.cfg";\n}\n'
 )
 TOMB = b"\nhost cm-7 {\n  dynamic;\n  deleted;\n}\n"
+SUBCLASS = (
+    b'\nsubclass "blocked" 00:11:22:33:44:02 {\n  dynamic;\n\n'
+    b"        supersede server.allow-booting = 00;}\n"
+)
+PRINTABLE = b'subclass "Client-Public" "ABC;}{" {\n  deleted;\n  lease limit 4;\n}\n'
+BILLED = b'lease 10.0.0.6 {\n  billing subclass "Client-Public" 00:11:22:33:44:05;\n}\n'
 QUOTED = b'host "odd name" { deleted; }\n'
 
 
@@ -58,13 +64,14 @@ QUOTED = b'host "odd name" { deleted; }\n'
             2,
         ),
         (HOST + HOST + HOST, b"\n\n\n", 3),
+        (HEAD + SUBCLASS + LEASE + PRINTABLE + BILLED, HEAD + b"\n" + LEASE + BILLED, 2),
         (QUOTED + LEASE, LEASE, 1),
         (b"# host a { } in a comment\n" + LEASE, b"# host a { } in a comment\n" + LEASE, 0),
         (b"lease 1.2.3.4 { } host a { }\n", b"lease 1.2.3.4 { } \n", 1),  # same line: kept
         (b"host a {\n  x {\n    y;\n  }\n}\nhostname;\n", b"hostname;\n", 1),
     ],
 )
-def test_only_top_level_host_records_go(data: bytes, want: bytes, count: int) -> None:
+def test_only_top_level_host_and_subclass_records_go(data: bytes, want: bytes, count: int) -> None:
     assert without_hosts(data) == (want, count)
     assert without_hosts(want) == (want, 0)  # idempotent
 
@@ -116,7 +123,7 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     path.write_bytes(TOMB + LEASE)
     assert cli.main(["strip-hosts", str(path)]) == 0
     assert path.read_bytes() == b"\n" + LEASE
-    assert "1 host records removed" in capsys.readouterr().out
+    assert "1 host/subclass records removed" in capsys.readouterr().out
 
 
 async def test_a_real_lease_file_after_omapi_changes(dhcpd: Dhcpd) -> None:  # noqa: F811
@@ -148,6 +155,45 @@ async def test_a_real_lease_file_after_omapi_changes(dhcpd: Dhcpd) -> None:  # n
     await client.close()
     offer = dhcpd.offer("00:11:22:33:44:07")
     assert offer is not None and offer.file.rstrip(b"\0") == b"cm/cm-7.cfg"
+
+
+async def test_a_real_lease_file_after_omapi_subclass_changes(dhcpd: Dhcpd) -> None:  # noqa: F811
+    """The subclass records flip-flop like hosts: a member OMAPI added outlives a restart
+    without it in the config, one it removed stays removed with it back in the config. After
+    stripping, a restart serves the config's membership, and the leases (their billing lines
+    too) are byte for byte what they were."""
+    public = Member("Client-Public", "00:11:22:33:44:05")
+    config = CLASSES + f'subclass "Client-Public" {public.mac};\n'
+    dhcpd.stop()
+    dhcpd.start(config)
+    assert dhcpd.lease(public.mac)  # a lease billed to the config's member
+    client = dhcpd.client()
+    assert (await client.apply(HostDelta(join=[blocked(1), blocked(2)]))).ok
+    assert (await client.apply(HostDelta(leave=[blocked(1), public]))).ok
+    await client.close()
+    # the files as provhad publishes them meanwhile: 1 blocked again, 2 not, public unchanged
+    config += f'subclass "blocked" {blocked(1).mac};\n'
+    dhcpd.stop()
+    data = dhcpd.leases.read_bytes()
+    kinds = [s.keyword for s in statements(data)]
+    assert kinds.count(b"subclass") == 3, data.decode()  # 1 and 2 added, then 1 deleted
+    assert b'billing subclass "Client-Public" 00:11:22:33:44:05;' in data, data.decode()
+    others = [data[s.start : s.end] for s in statements(data) if s.keyword != b"subclass"]
+    stripped, count = without_hosts(data)
+    assert count == 3 and [stripped[s.start : s.end] for s in statements(stripped)] == others
+
+    dhcpd.start(config)  # without stripping: dhcpd's records override the config
+    assert dhcpd.offer(blocked(1).mac) is not None and dhcpd.offer(blocked(2).mac) is None
+    dhcpd.stop()
+    # dhcpd rewrote the file at its start: the member it holds by OMAPI is still recorded
+    assert strip_hosts(str(dhcpd.leases)) == 1
+    assert b"subclass" not in dhcpd.leases.read_bytes().replace(b"billing subclass", b"")
+
+    dhcpd.start(config)
+    assert dhcpd.offer(blocked(1).mac) is None and dhcpd.offer(blocked(2).mac) is not None
+    client = dhcpd.client()
+    assert await client.member(public) is not None and await client.member(blocked(2)) is None
+    await client.close()
 
 
 def test_the_command_takes_both_distributions_paths(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from scapy.layers.l2 import Ether
 from scapy.sendrecv import srp1
 
 from provhad import config, validate
-from provhad.hosts import HostDelta, HostEntry, delta
+from provhad.hosts import HostDelta, HostEntry, Member, delta
 from provhad.omapi import ApplyResult, OmapiClient, OmapiNotConnected
 from tests.lab.netlab import ip, netns_unavailable
 
@@ -321,3 +321,59 @@ async def test_a_dhcpd_restarted_since_the_last_use_gets_a_new_connection(
     dhcpd.start()
     assert await client.apply(HostDelta(add=[cm(1)])) == ApplyResult(applied=1)
     assert await client.lookup("cm-1") is not None
+
+
+#: our global.conf's two classes of CPEs by their modem's MAC; a probe here is not relayed,
+#: so its own hardware address stands in for the agent.remote-id a CMTS adds (tests/lab
+#: shows the relayed case)
+CLASSES = "".join(
+    f'class "{name}" {{\n'
+    "\tmatch pick-first-value (option agent.remote-id, substring(hardware, 1, 6));\n"
+    f"\t{body}\n}}\n"
+    for name, body in (("blocked", "deny booting;"), ("Client-Public", "lease limit 4;"))
+)
+
+
+def blocked(n: int) -> Member:
+    return Member("blocked", f"00:11:22:33:44:{n:02x}")
+
+
+async def test_subclass_members_are_added_and_removed_live(
+    dhcpd: Dhcpd, client: OmapiClient
+) -> None:
+    """blocked.conf by OMAPI: a member added is denied at the next DISCOVER, a member of the
+    config removed is served at once; dhcpd records only the member OMAPI added."""
+    dhcpd.stop()
+    dhcpd.start(CLASSES + f'subclass "blocked" {blocked(1).mac};\n')
+    assert dhcpd.offer(blocked(1).mac) is None  # the config's member: booting denied
+    assert dhcpd.offer(blocked(2).mac) is not None
+    assert await client.member(blocked(1)) == {"lease-limit": 0, "leases-used": 0}
+    assert await client.member(blocked(2)) is None
+
+    result = await client.apply(HostDelta(leave=[blocked(1), blocked(9)], join=[blocked(2)]))
+    assert result == ApplyResult(applied=3)  # removing a member that is not there is no error
+    assert dhcpd.offer(blocked(2).mac) is None
+    assert dhcpd.offer(blocked(1).mac) is not None
+    assert await client.member(blocked(1)) is None and await client.member(blocked(2))
+    public = Member("Client-Public", blocked(3).mac)
+    assert (await client.apply(HostDelta(join=[public]))).ok
+    assert await client.member(public) == {"lease-limit": 4, "leases-used": 0}  # the class's
+    leases = dhcpd.leases.read_text()
+    assert f'subclass "blocked" {blocked(2).mac} {{\n  dynamic;' in leases, leases
+    assert f'subclass "Client-Public" {public.mac} {{\n  dynamic;\n  lease limit 4;' in leases
+    assert blocked(1).mac not in leases  # a config member's removal is not recorded
+
+
+async def test_a_member_dhcpd_cannot_take_is_refused(dhcpd: Dhcpd, client: OmapiClient) -> None:
+    """An existing member (``exclusive``) and an unknown class: refused, the rest still go."""
+    dhcpd.stop()
+    dhcpd.start(CLASSES)
+    assert (await client.apply(HostDelta(join=[blocked(1)]))).ok
+    stray = Member("no-such-class", blocked(2).mac)
+    result = await client.apply(HostDelta(join=[blocked(1), stray, blocked(3)]))
+    assert result.applied == 1 and not result.unknown and result.error is None
+    assert result.failed == [
+        ('subclass "blocked" 00:11:22:33:44:01', "add: specified object already exists"),
+        ('subclass "no-such-class" 00:11:22:33:44:02', "add: can't update object"),
+    ]
+    assert await client.member(blocked(3)) is not None

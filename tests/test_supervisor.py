@@ -318,3 +318,20 @@ async def test_host_part_goes_live_at_once_while_the_rest_waits_for_the_paced_re
     clock.now += 30.0
     await sup.step()
     assert fake.restarts == ["set-1", "set-2"] and not sup.state.restart_pending
+
+
+async def test_subclass_member_changes_are_counted_apart_from_hosts() -> None:
+    """blocked.conf or modems-clients-public.conf by OMAPI: the journal and the state say how
+    many members left and joined; omapi_hosts still counts hosts only."""
+    sup, fake, _clock, log, _ = make(min_interval=30.0)
+    await sup.step()
+    fake.publish("set-2")
+    fake.live_updates = [
+        LiveUpdate(applied=True, attempted=True, adds=1, member_deletes=2, member_adds=3)
+    ]
+    await sup.step()
+    assert fake.restarts == ["set-1"] and sup.state.dhcpd_running_set == "set-2"
+    assert sup.state.omapi_hosts == 1
+    assert sup.state.omapi_last.endswith(" -0 +1 subclass -2 +3"), sup.state.omapi_last
+    applied = [kw for e, kw in log.events if e == "omapi_applied"]
+    assert applied and (applied[0]["subclass_deletes"], applied[0]["subclass_adds"]) == (2, 3)

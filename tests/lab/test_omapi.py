@@ -366,3 +366,75 @@ def test_rejected_row_never_reaches_omapi(pair: Lab) -> None:
     assert lab.slave_pid() == pid
     env.figures["rejected"] = rejected[0]
     settled(lab)
+
+
+def subclass_records(lab: HALab) -> list[str]:
+    """The top-level subclass statements of the slave's lease file (OMAPI's records)."""
+    text = lab.slave_leases.read_text(errors="replace")
+    return re.findall(r'^subclass ("[^"]+" \S+) \{', text, re.M)
+
+
+def modem_and_cpe(lab: HALab, index: int) -> tuple[Client, Client]:
+    """A private modem of the seed and the CPE behind it (relayed with its MAC as remote-id)."""
+    cm = [c for c in lab.clients if c.kind == "cm"][index]
+    return cm, next(c for c in lab.clients if c.kind == "cpe" and c.remote_id == cm.mac)
+
+
+def test_blocked_modem_goes_live_without_restart(pair: Lab) -> None:
+    """A modem loses internet access, then gets it back: blocked.conf changes, and each time
+    its CPE's next DISCOVER already meets the new membership, from the same dhcpd process."""
+    env, lab = pair, pair.lab
+    settled(lab)
+    cm, cpe = modem_and_cpe(lab, 10)
+    assert env.serve(cpe) is not None, cpe.name
+    pid, slave_mark = lab.slave_pid(), lab.slave_log.mark()
+    for access, counts in ((0, ("0", "1")), (1, ("1", "0"))):
+        log_mark = lab.provhad_log.mark()
+        lab.sql("UPDATE modem SET internet_access = %s WHERE hostname = %s", access, cm.name)
+        applied = wait_event(lab, "omapi_applied", log_mark)
+        assert (applied["subclass_deletes"], applied["subclass_adds"]) == counts, applied
+        assert (applied["deletes"], applied["adds"], applied["partial"]) == ("0", "0", "false")
+        ack = env.serve(cpe, deadline=6)
+        assert (ack is None) == (access == 0), ack
+        assert not events(lab, "omapi_fallback", log_mark)
+    assert "booting disallowed" in lab.slave_log.text()[slave_mark:]
+    assert lab.slave_pid() == pid and RESTART_LINE not in lab.slave_log.text()[slave_mark:]
+    # dhcpd recorded the member OMAPI added and then removed (its next start strips both)
+    assert subclass_records(lab).count(f'"blocked" {cm.mac}') == 2
+    wait_state(lab, lambda s: str(s["omapi_last"]).endswith(" subclass -1 +0"))
+    settled(lab)
+
+
+def test_refused_member_falls_back_to_restart(pair: Lab) -> None:
+    """The modem's MAC is in "blocked" already (an operator's omshell): dhcpd refuses
+    provhad's add, provhad restarts dhcpd, whose start strips the stray record; the CPE is
+    denied by the files' membership."""
+    env, lab = pair, pair.lab
+    settled(lab)
+    cm, cpe = modem_and_cpe(lab, 11)
+
+    async def stray() -> None:
+        from provhad.hosts import HostDelta, Member
+
+        client = lab.omapi()
+        try:
+            assert (await client.apply(HostDelta(join=[Member("blocked", cm.mac)]))).ok
+        finally:
+            await client.close()
+
+    asyncio.run(stray())
+    pid, log_mark, slave_mark = lab.slave_pid(), lab.provhad_log.mark(), lab.slave_log.mark()
+    lab.sql("UPDATE modem SET internet_access = 0 WHERE hostname = %s", cm.name)
+    fallback = wait_event(lab, "omapi_fallback", log_mark)
+    assert "specified object already exists" in fallback["reason"], fallback
+    wait_event(lab, "restarted", log_mark, 90)
+    assert not events(lab, "omapi_applied", log_mark)
+    lab.slave_log.wait(NORMAL, slave_mark, 90)
+    assert lab.slave_pid() != pid and subclass_records(lab) == []
+    assert env.serve(cpe, deadline=6) is None  # blocked by blocked.conf itself
+    log_mark = lab.provhad_log.mark()
+    lab.sql("UPDATE modem SET internet_access = 1 WHERE hostname = %s", cm.name)
+    applied = wait_event(lab, "omapi_applied", log_mark)  # a config member goes by OMAPI too
+    assert (applied["subclass_deletes"], applied["subclass_adds"]) == ("1", "0"), applied
+    assert env.serve(cpe) is not None
+    settled(lab)
