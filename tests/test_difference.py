@@ -91,3 +91,19 @@ def test_identical_and_empty_texts() -> None:
     assert changed_lines(b"", b"") == (Counter(), Counter())
     assert changed_lines(b"", text) == (Counter(), Counter(text.splitlines()))
     assert changed_lines(text, b"") == (Counter(text.splitlines()), Counter())
+
+
+def test_a_line_found_inside_a_longer_line_is_not_where_both_agree() -> None:
+    old = b"aaaa-long-line-1\nbbbb-long-line-2\n"
+    new = b"X-aaaa-long-line-1\nbbbb-long-line-2\n"
+    assert changed_lines(old, new) == counted(old, new)
+    assert changed_lines(old, new)[0] == Counter([b"aaaa-long-line-1"])
+
+
+def test_a_difference_in_the_last_byte_of_a_block_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(difference, "BLOCK", 7)
+    old = b"abcdefg\n" * 4
+    new = b"abcdefX\n" + b"abcdefg\n" * 3
+    assert changed_lines(old, new) == (Counter([b"abcdefg"]), Counter([b"abcdefX"]))

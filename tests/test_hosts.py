@@ -321,6 +321,13 @@ def member(n: int, cls: str = "blocked") -> Member:
         (sub(1) + sub(1, cm=7), b"", [member(1)], []),
         (b"", b"".join(sub(n) for n in range(40)), [], [member(n) for n in range(40)]),
         (b"".join(sub(n) for n in range(40)), sub(5), [member(n) for n in range(40) if n != 5], []),
+        # many leave at once (the whole file is scanned), one of them still held by another line
+        (
+            b"".join(sub(n) for n in range(40)) + sub(5, cm=99),
+            sub(5, cm=99),
+            [member(n) for n in range(40) if n != 5],
+            [],
+        ),
         (
             b"".join(sub(n) for n in range(40)),
             b"".join(sub(n, cm=n + 100) for n in range(40)),
