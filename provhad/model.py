@@ -701,8 +701,8 @@ class PartCache:
     parts: dict[PartKey, Part] = field(default_factory=dict)
     #: parts modelled afresh and parts in all, by the last build
     last: tuple[int, int] = (0, 0)
-    #: hash of a host name -> the part declaring it, over the parts in ``indexed``
-    names: dict[int, PartKey] = field(default_factory=dict)
+    #: the hashes of the host names the parts in ``indexed`` declare (each by one of them)
+    names: set[int] = field(default_factory=set)
     indexed: set[PartKey] = field(default_factory=set)
     #: the MTA parts of the last build and the MTA owners they make, sorted
     owners: tuple[tuple[bytes, ...], list[int]] = ((), [])
@@ -714,14 +714,13 @@ class PartCache:
         the last call): the index follows the parts that went and came."""
         index = self.names
         for key in self.indexed - parts.keys():
-            for name in self.parts[key].names:
-                del index[name]
+            index.difference_update(self.parts[key].names)
         for key in parts.keys() - self.indexed:
-            for name in parts[key].names:
-                if name in index:
-                    self.names, self.indexed = {}, set()  # built again from scratch next time
-                    return False
-                index[name] = key
+            names = parts[key].names
+            if not index.isdisjoint(names):
+                self.names, self.indexed = set(), set()  # built again from scratch next time
+                return False
+            index.update(names)
         self.indexed = set(parts)
         return True
 

@@ -254,8 +254,9 @@ class SliceCache:
     rendering is used (and the file's slices are dropped).
     """
 
-    #: live path -> slice key -> rendered bytes, as of the last render of that path
-    slices: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    #: live path -> slice key -> rendered bytes (a view into that render), as of the last
+    #: render of that path
+    slices: dict[str, dict[bytes, bytes | memoryview]] = field(default_factory=dict)
     #: live path -> when the slices were last proven equal to a whole rendering
     proven_at: dict[str, dt.datetime] = field(default_factory=dict)
     #: what a proof found since the caller last took them
@@ -362,8 +363,8 @@ class Renderer:
         if cache is None or setting is None:
             return self._one(template, ctx)
         old = cache.slices.get(path, {})
-        new: dict[bytes, bytes] = {}
-        parts: list[bytes] = []
+        keys: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         fresh = 0
         try:
             packed = packed_slices(ctx[var])
@@ -378,12 +379,18 @@ class Renderer:
                 if data is None:
                     data = self._one(template, ctx, **{var: items()})
                     fresh += 1
-                new[key] = data
+                keys.append(key)
                 parts.append(data)
         except ValueError:  # a value marshal does not take: no key for it
             cache.slices.pop(path, None)
             return self._one(template, ctx)
         whole = b"".join(parts)
+        # the slices kept are views into the file just joined, not a second copy of it
+        new: dict[bytes, bytes | memoryview] = {}
+        view, at = memoryview(whole), 0
+        for key, data in zip(keys, parts, strict=True):
+            new[key] = view[at : at + len(data)]
+            at += len(data)
         cache.slices[path] = new
         done, total = cache.last
         cache.last = (done + fresh, total + len(parts))
