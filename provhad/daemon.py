@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import os
 import signal
 import socket
@@ -607,6 +608,9 @@ class Daemon:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        # SIGUSR1: every thread's stack to stderr (the journal), from C: it works even when
+        # the event loop is blocked, which is when it is wanted
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_stop, sig.name)
         self.notifier.extend_timeout(max(120.0, 3 * self.cfg.validate.timeout) + LOCK_WAIT)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -818,7 +820,12 @@ class GaleraCluster:
 
 class NotifyListener:
     """A datagram socket standing in for systemd's notify socket (tests, demo, benchmarks):
-    the daemon's READY/STATUS/WATCHDOG messages are how they know what it did, without sleeps."""
+    the daemon's READY/STATUS/WATCHDOG messages are how they know what it did, without sleeps.
+
+    A thread reads the socket all the time, as systemd does: the kernel queues only a few
+    datagrams (``net.unix.max_dgram_qlen``, 10 here), and a daemon whose notify socket is full
+    blocks in sd_notify, its event loop with it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -827,6 +834,19 @@ class NotifyListener:
         self.sock.bind(str(path))
         self.messages: list[dict[str, str]] = []
         self.last_status = ""
+        self._queue: queue.Queue[bytes] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_all, name="notify", daemon=True)
+        self._reader.start()
+
+    def _read_all(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:  # closed
+                return
+            if not data:  # shut down (sd_notify never sends an empty message)
+                return
+            self._queue.put(data)
 
     def _record(self, data: bytes) -> dict[str, str]:
         lines = data.decode("utf-8", "replace").splitlines()
@@ -837,10 +857,9 @@ class NotifyListener:
 
     def read(self, timeout: float) -> dict[str, str] | None:
         """The next message, or None after ``timeout`` seconds."""
-        self.sock.settimeout(timeout)
         try:
-            return self._record(self.sock.recv(65536))
-        except TimeoutError:
+            return self._record(self._queue.get(timeout=timeout))
+        except queue.Empty:
             return None
 
     def wait(
@@ -865,13 +884,16 @@ class NotifyListener:
         return self.wait(lambda m: text in m.get("STATUS", ""), timeout, alive)["STATUS"]
 
     def drain(self) -> None:
-        """Read what is queued (after the sender has exited nothing more will come)."""
-        self.sock.setblocking(False)
+        """Take what has arrived (after the sender has exited nothing more will come)."""
         while True:
             try:
-                self._record(self.sock.recv(65536))
-            except BlockingIOError:
+                self._record(self._queue.get_nowait())
+            except queue.Empty:
                 return
 
     def close(self) -> None:
+        # shutdown() ends the reader's blocking recv; close() alone may not
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._reader.join(timeout=5)

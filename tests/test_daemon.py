@@ -468,3 +468,23 @@ def test_database_outage_later_degrades_then_recovers(lab: DaemonLab, mariadb: M
     assert "db 127.0.0.1" in status and "ok" in status
     assert "cm-100079" in lab.file("modems-host.conf")
     assert lab.stop() == 0
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_daemon_goes_on(lab: DaemonLab) -> None:
+    """The way to see where a daemon that seems stuck is: it works from C, even while the
+    event loop is blocked."""
+    lab.configure()
+    lab.start()
+    lab.wait(lambda m: m.get("READY") == "1")
+    assert lab.proc is not None
+    lab.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while "most recent call first" not in lab.output():
+        assert time.monotonic() < deadline, lab.output()[-2000:]
+        time.sleep(0.05)  # polling the daemon's output file; bounded by the deadline
+    assert "provhad/daemon.py" in lab.output()
+    assert lab.alive()
+    lab.sql(
+        "INSERT INTO modem (id, hostname, mac) VALUES (100071, 'cm-100071', '00:11:22:33:44:71')"
+    )
+    lab.wait_status("live gen 2")
