@@ -99,7 +99,8 @@ class Supervisor:
         self.wake = asyncio.Event()
         #: no restart before this (monotonic); the end of the last one plus the pacing
         self.not_before = 0.0
-        #: when the current restart began (None: idle), for the main loop's watchdog beats
+        #: when the current restart or live update began (None: idle), for the main loop's
+        #: watchdog beats while it waits for the lock
         self.busy_since: float | None = None
         #: the rendered set hash live when the last publish happened (held if dhcpd refuses it)
         self.published_set = ""
@@ -165,10 +166,13 @@ class Supervisor:
         s = self.state
         applied = s.dhcpd_applied_set
         started = self.clock()
+        self.busy_since = started  # bounded (each OMAPI request has a deadline): beat meanwhile
         try:
             upd = await self.ports.live_update()
         except Exception as exc:  # in doubt: restart
             upd = LiveUpdate(attempted=True, reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.busy_since = None
         if not upd.applied:
             if upd.attempted:
                 s.omapi_fallback = f"{now_iso()} {upd.reason}"

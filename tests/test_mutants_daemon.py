@@ -243,3 +243,44 @@ async def test_an_unproven_set_is_proven_whole_before_dhcpd_is_restarted(
     d.state.dhcpd_unproven = False
     conf.write_text("broken again;\n")
     assert (await ports.restart(90.0)).ok  # a set proven whole is not checked again
+
+
+async def test_a_bulk_host_change_goes_by_a_restart_not_by_omapi(d: Daemon) -> None:
+    """More OMAPI steps than MAX_LIVE_STEPS (an import, hashed_host_names switched): one
+    restart, not minutes of OMAPI; up to the bound it goes by OMAPI."""
+    import dataclasses
+    import hashlib
+
+    from provhad import generations
+    from provhad.daemon import MAX_LIVE_STEPS, DhcpdPorts
+
+    d.cfg = dataclasses.replace(
+        d.cfg, render=dataclasses.replace(d.cfg.render, omapi_secret="c2VjcmV0c2VjcmV0")
+    )
+    dhcp = d.cfg.paths.under_root(d.cfg.paths.dhcp_dir)
+    dhcp.mkdir(parents=True)
+
+    def table(n: int) -> bytes:
+        return "".join(
+            f"host cm-{i} {{ hardware ethernet 00:11:22:{i >> 16 & 255:02x}:"
+            f"{i >> 8 & 255:02x}:{i & 255:02x}; }}\n"
+            for i in range(n)
+        ).encode()
+
+    ports = DhcpdPorts(d)
+    for held, expect_cap in ((MAX_LIVE_STEPS + 1, True), (MAX_LIVE_STEPS, False)):
+        old = table(held)
+        digest = hashlib.sha256(old).hexdigest()
+        kept = generations.running_file(d.state_dir, digest)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_bytes(old)
+        d.state.dhcpd_running_files = {"modems-host.conf": digest}
+        (dhcp / "modems-host.conf").write_bytes(b"")  # every host deleted
+        await ports.applied()
+        upd = await ports.live_update()
+        if expect_cap:
+            assert not upd.attempted and f"{held} OMAPI steps" in upd.reason, upd
+        else:  # past the bound: OMAPI is asked (and here nobody answers)
+            assert upd.attempted and not upd.applied and "OMAPI" in upd.reason, upd
+    if d.omapi is not None:
+        await d.omapi.close()

@@ -335,3 +335,27 @@ async def test_subclass_member_changes_are_counted_apart_from_hosts() -> None:
     assert sup.state.omapi_last.endswith(" -0 +1 subclass -2 +3"), sup.state.omapi_last
     applied = [kw for e, kw in log.events if e == "omapi_applied"]
     assert applied and (applied[0]["subclass_deletes"], applied[0]["subclass_adds"]) == (2, 3)
+
+
+async def test_a_live_update_counts_as_busy_so_the_main_loop_beats_while_it_waits() -> None:
+    """The main loop waits for the supervisor's lock to publish; it feeds the watchdog only
+    while the supervisor is busy with something bounded (a restart, or a live update whose
+    OMAPI requests each have a deadline), never for a hung supervisor."""
+    sup, fake, _clock, _log, _ = make(min_interval=30.0)
+    await sup.step()
+    seen: list[float | None] = []
+    plain = fake.live_update
+
+    async def watched() -> LiveUpdate:
+        seen.append(sup.busy_since)
+        return await plain()
+
+    fake.live_update = watched  # type: ignore[method-assign]
+    fake.publish("set-2")
+    fake.live_updates = [LiveUpdate(applied=True, attempted=True, adds=1)]
+    await sup.step()
+    fake.publish("set-3")
+    fake.live_updates = [RuntimeError("OMAPI thread died")]
+    await sup.step()
+    assert len(seen) == 2 and all(since is not None for since in seen)
+    assert sup.busy_since is None  # and idle again, after success and after a failure
