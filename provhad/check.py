@@ -232,6 +232,7 @@ def evaluate(
             f"missing_configfiles={missing};{_range(limits.missing_configfiles_warning)};"
             f"{_range(limits.missing_configfiles_critical)};0",
             f"generation={state.generation if state.generation is not None else 'U'};;;0",
+            f"omapi_hosts={state.omapi_hosts}c;;;0",
         ]
     )
     if problems:
@@ -239,6 +240,11 @@ def evaluate(
         return Verdict(problems[0][0], "; ".join(text for _, text in problems), perfdata)
     gen = f"live gen {state.generation}" if state.generation is not None else "no live set"
     summary = f"{gen}, {_hosts(state)} hosts, {what}, db {state.db_node or '-'}"
+    omapi_state = state.omapi
+    if omapi_state:
+        summary += f", omapi {omapi_state}"
+        if state.omapi_fell_back:
+            summary += f" (last update fell back: {state.omapi_fallback[26:]})"
     return Verdict(OK, "; ".join([_clean(summary), *notes]), perfdata)
 
 

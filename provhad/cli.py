@@ -273,6 +273,12 @@ def _status(cfg: config.Config, as_json: bool) -> int:
                 else f", last restart FAILED: {data.get('dhcpd_error')}"
             ),
         ),
+        (
+            "omapi",
+            f"{data.get('omapi') or '-'}; {data.get('omapi_hosts', 0)} host steps live since "
+            f"start; last {data.get('omapi_last') or '-'}; "
+            f"last fallback {data.get('omapi_fallback') or '-'}",
+        ),
         ("held back", data.get("held_reason") or "-"),
         (
             "reloads failed",

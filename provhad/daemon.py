@@ -283,6 +283,13 @@ class Daemon:
                 self.closing.add(asyncio.get_running_loop().create_task(old.close()))
             if key is not None:
                 self.omapi = OmapiClient(d.omapi_host, omapi.PORT, *key, timeout=d.omapi_timeout)
+        self.state.omapi = (
+            "on"
+            if self.omapi is not None
+            else "off ([dhcpd] omapi = false)"
+            if not d.omapi
+            else "off (no OMAPI key in failover.conf)"
+        )
         return self.omapi
 
     def pacing(self) -> Pacing:

@@ -43,6 +43,10 @@ def status_line(s: State) -> str:
         parts.append(f"dhcpd restart FAILED ({summarise(s.dhcpd_error)})")
     elif s.restart_pending:
         parts.append("dhcpd restart pending")
+    if s.omapi.startswith("off"):
+        parts.append(f"omapi {s.omapi}")
+    elif s.omapi_fell_back:
+        parts.append(f"omapi fell back ({summarise(s.omapi_fallback[26:])})")
     if s.hook_ok is False:
         parts.append(f"configfile build FAILED ({summarise(s.hook_error)})")
     if s.held_reason:

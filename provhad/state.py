@@ -80,6 +80,8 @@ class State:
     omapi_hosts: int = 0
     omapi_last: str = ""
     omapi_fallback: str = ""
+    #: whether host changes can go live: "on", or "off (why)"; "" before the first try
+    omapi: str = ""
     #: CLOCK_MONOTONIC µs when the last SIGHUP was taken (= RELOADING=1's MONOTONIC_USEC) and
     #: when its cycle ended (just before READY=1): `provhad reload` waits for the second
     reload_started_usec: int = 0
@@ -96,6 +98,11 @@ class State:
     hook_ok: bool | None = None
     hook_seconds: float = 0.0
     hook_error: str = ""
+
+    @property
+    def omapi_fell_back(self) -> bool:
+        """Whether the last live update fell back to a restart (ISO times sort as text)."""
+        return bool(self.omapi_fallback) and self.omapi_fallback[:25] > self.omapi_last[:25]
 
     @property
     def restart_pending(self) -> bool:

@@ -380,7 +380,27 @@ def test_evaluate_is_pure() -> None:
     assert first.line() == (
         "PROVHAD OK - live gen 7, 123 hosts, last success 60 s ago, db 127.0.0.1:3306"
         " | age=60s;7200;14400;0 hosts=123;;;0 rejected=0;0;;0 missing_configfiles=0;0;;0"
-        " generation=7;;;0"
+        " generation=7;;;0 omapi_hosts=0c;;;0"
+    )
+
+
+def test_the_omapi_path_shows_in_the_ok_text_and_perfdata() -> None:
+    """Issue 12: on or off (and why), the steps sent live, and a last update that fell back."""
+    now = dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)
+    state = healthy(1, last_success_at="2026-03-29T00:59:00+00:00")
+    state.omapi, state.omapi_hosts = "on", 42
+    state.omapi_last = "2026-03-29T00:58:00+00:00 -1 +2"
+    line = check.evaluate(state, CheckConfig(), now).line()
+    assert ", omapi on |" in line and "omapi_hosts=42c;;;0" in line
+    state.omapi_fallback = "2026-03-29T00:59:30+00:00 OMAPI: cm-1: add: can't update object"
+    line = check.evaluate(state, CheckConfig(), now).line()
+    assert "omapi on (last update fell back: OMAPI: cm-1: add: can't update object)" in line
+    state.omapi_last = "2026-03-29T00:59:40+00:00 -0 +1"  # a later update went live again
+    assert "fell back" not in check.evaluate(state, CheckConfig(), now).line()
+    state.omapi = "off (no OMAPI key in failover.conf)"
+    assert (
+        "omapi off (no OMAPI key in failover.conf)"
+        in check.evaluate(state, CheckConfig(), now).line()
     )
 
 
@@ -622,10 +642,17 @@ def test_status_running_and_healthy_is_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], daemon_pid: int
 ) -> None:
     site = Site(tmp_path)
-    site.save(healthy(daemon_pid))
+    state = healthy(daemon_pid)
+    state.omapi, state.omapi_hosts = "on", 3
+    state.omapi_last = "2026-03-29T00:58:00+00:00 -1 +2"
+    site.save(state)
     code, out = _status(site, capsys)
     assert code == check.STATUS_OK == 0
     assert f"daemon:              running (pid {daemon_pid})\n" in out
+    assert (
+        "omapi:               on; 3 host steps live since start; "
+        "last 2026-03-29T00:58:00+00:00 -1 +2; last fallback -\n"
+    ) in out
     assert re.search(r"^health: +OK - live gen 7, 123 hosts, ", out, re.M), out
     code, out = _status(site, capsys, "--json")
     assert code == 0 and json.loads(out)["generation"] == 7

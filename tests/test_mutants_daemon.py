@@ -284,3 +284,18 @@ async def test_a_bulk_host_change_goes_by_a_restart_not_by_omapi(d: Daemon) -> N
             assert upd.attempted and not upd.applied and "OMAPI" in upd.reason, upd
     if d.omapi is not None:
         await d.omapi.close()
+
+
+async def test_the_state_says_whether_omapi_is_on_and_why_not(d: Daemon) -> None:
+    import dataclasses
+
+    assert d.omapi_client() is None
+    assert d.state.omapi == "off (no OMAPI key in failover.conf)"
+    d.cfg = dataclasses.replace(
+        d.cfg, render=dataclasses.replace(d.cfg.render, omapi_secret="c2VjcmV0c2VjcmV0")
+    )
+    assert d.omapi_client() is not None and d.state.omapi == "on"
+    d.cfg = dataclasses.replace(d.cfg, dhcpd=dataclasses.replace(d.cfg.dhcpd, omapi=False))
+    assert d.omapi_client() is None and d.state.omapi == "off ([dhcpd] omapi = false)"
+    for task in d.closing:
+        await task

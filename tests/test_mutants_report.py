@@ -123,3 +123,17 @@ def test_a_failed_restart_hides_the_pending_one() -> None:
     s = good()
     s.dhcpd_applied_set, s.dhcpd_last_restart_ok, s.dhcpd_error = "b", False, "exit 1"
     assert s.restart_pending and "pending" not in status_line(s)
+
+
+def test_status_says_when_omapi_is_off_or_the_last_update_fell_back() -> None:
+    s = good()
+    s.omapi = "on"
+    assert "omapi" not in status_line(s)  # on and working: nothing to say
+    s.omapi = "off (no OMAPI key in failover.conf)"
+    assert status_line(s).endswith(", omapi off (no OMAPI key in failover.conf)")
+    s.omapi = "on"
+    s.omapi_last = "2026-03-29T00:58:00+00:00 -1 +2"
+    s.omapi_fallback = "2026-03-29T00:59:30+00:00 OMAPI: in doubt (no answer)"
+    assert status_line(s).endswith(", omapi fell back (OMAPI: in doubt (no answer))")
+    s.omapi_last = "2026-03-29T01:00:00+00:00 -0 +1"
+    assert "omapi" not in status_line(s)
