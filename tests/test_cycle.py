@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,79 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     pools = [dict(p) | {"dns1_ip": "10.9.9.9"} for p in snap.ippool]
     pool = cycle.apply(cfg, dataclasses.replace(snap, modem=modems, ippool=pools), FACTS)
     assert pool.ok and not pool.hosts_only and "dhcpd -t" in pool.validated
+
+
+def _lines(data: bytes) -> Counter[bytes]:
+    return Counter(data.split(b"\n"))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"", b""),
+        (b"a\nb\nc\n", b"a\nb\nc\n"),
+        (b"a\nb\nc\n", b"a\nB\nc\n"),
+        (b"a\nb\nc\n", b"a\nc\n"),
+        (b"a\nb\nc\n", b"x\na\nb\nc\n"),
+        (b"a\nb\nc\n", b"a\nb\nc\nd\n"),
+        (b"a\nbb\nc\n", b"a\nbc\nc\n"),  # differs within a line
+        (b"ab\n", b"abc\n"),
+        (b"aa\naa\naa\n", b"aa\naa\n"),  # the same line over and over
+        (b"", b"host x\n"),
+    ],
+)
+def test_changed_lines_keep_what_differs_in_whole_lines(old: bytes, new: bytes) -> None:
+    for step in (1, 2, 3, 1 << 16):
+        a, b = cycle.changed_lines(old, new, step)
+        assert _lines(old) - _lines(new) == _lines(a) - _lines(b), (step, a, b)
+        assert _lines(new) - _lines(old) == _lines(b) - _lines(a), (step, a, b)
+        for window, whole in ((a, old), (b, new)):
+            assert window in whole and (
+                not window or window.endswith(b"\n") or whole.endswith(window)
+            )
+
+
+def test_changed_lines_of_one_host_in_a_big_file_are_that_host() -> None:
+    table = b"".join(
+        b"host cm-%d { hardware ethernet 00:11:22:%02x:%02x:00; }\n" % (n, n >> 8 & 255, n & 255)
+        for n in range(20_000)
+    )
+    lines = table.split(b"\n")
+    lines[12_345] = lines[12_345].replace(b"cm-12345", b"cm-12345-v2")
+    a, b = cycle.changed_lines(table, b"\n".join(lines))
+    assert (a, b) == (table.split(b"\n")[12_345] + b"\n", lines[12_345] + b"\n")
+
+
+def test_a_bad_host_in_a_host_only_change_is_left_out_by_the_full_check_in_pieces(
+    tmp_path: Path,
+) -> None:
+    """The changed host fails on its own; the full check (in pieces, as at 500k) names its
+    row, which is left out; the rest of the change is proven on its own and goes live."""
+    from provhad import validate
+    from provhad.render import builtin_templates
+    from tests import rows
+
+    snap = rows.small()
+    modems = [*snap.modem, *(rows.modem(300_000 + i, f"00:11:22:55:00:{i:02x}") for i in range(30))]
+    pieces = validate.Pieces(from_hosts=10, hosts=4)
+    cfg = cfg_for(tmp_path)
+    assert cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS, pieces=pieces).ok
+    text = (builtin_templates() / "modems-host.conf.j2").read_text()
+    old = 'ddns-hostname "{{ m.hostname }}";'
+    over = tmp_path / "etc/provhad/templates"
+    over.mkdir(parents=True)
+    (over / "modems-host.conf.j2").write_text(
+        text.replace(old, old + "{% if m.id == 300015 %} no-such-statement 1;{% endif %}")
+    )
+    changed = [dict(r) for r in modems]
+    changed[-15]["hostname"] = "cm-renamed"  # 300015: renamed and now rendered badly
+    changed[-3]["hostname"] = "cm-also-renamed"
+    res = cycle.apply(cfg, dataclasses.replace(snap, modem=changed), FACTS, pieces=pieces)
+    assert res.ok, res.problems
+    [reject] = res.rejected_by_dhcpd  # named by the full check: check_hosts names no row
+    assert (reject.table, reject.id) == ("modem", 300_015)
+    assert reject.reason.startswith("rejected by dhcpd: "), reject
+    assert res.hosts_only  # what is left of the change then passed on its own
+    hosts = (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
+    assert "cm-also-renamed" in hosts and "cm-renamed " not in hosts and "cm-300015 " not in hosts
+    assert dhcpd_accepts(tmp_path)
