@@ -431,13 +431,49 @@ class Piece:
 
 
 @dataclass
+class HostIndex:
+    """The host names and hardware addresses of host files, gathered piece by piece (while
+    the next pieces are checked), for duplicates across pieces."""
+
+    names: list[bytes] = field(default_factory=list)
+    macs: set[bytes] = field(default_factory=set)
+    #: hardware addresses seen, duplicates counted
+    mac_count: int = 0
+
+    def add(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+        """The hosts declared at the start of a line of ``data[start:end]``."""
+        stop = len(data) if end is None else end
+        if start == 0 or data[start - 1] == 10:
+            first = _FIRST_HOST_NAME.match(data, start, stop)
+            self.names += [first["name"]] if first else []
+        self.names += _HOST_NAME.findall(data, start, stop)
+        macs = b" ".join(_HARDWARE.findall(data, start, stop)).lower().split()
+        self.mac_count += len(macs)
+        self.macs.update(macs)
+
+    def merge(self, other: HostIndex) -> None:
+        self.names += other.names
+        self.macs.update(other.macs)
+        self.mac_count += other.mac_count
+
+    @property
+    def names_twice(self) -> bool:
+        # sorting runs that are each in order (names by row id) costs little
+        ordered = sorted(self.names)
+        return any(map(operator.eq, ordered, itertools.islice(ordered, 1, None)))
+
+    @property
+    def macs_twice(self) -> bool:
+        return len(self.macs) != self.mac_count
+
+
+@dataclass
 class Checked:
     """What :func:`check_pieces` found: dhcpd's complaints, and the host names and hardware
     addresses of all pieces (for duplicates across them)."""
 
     problems: list[Problem] = field(default_factory=list)
-    names: list[bytes] = field(default_factory=list)
-    macs: list[bytes] = field(default_factory=list)
+    hosts: HostIndex = field(default_factory=HostIndex)
     #: False when a piece does not hold whole blocks (as many ``{`` as ``}``): a template
     #: whose blocks span lines in a way the cut does not follow; check the files whole
     whole_blocks: bool = True
@@ -458,19 +494,6 @@ def cut(path: str, data: bytes, hosts: int) -> list[Piece]:
     return pieces
 
 
-def names_and_macs(
-    data: bytes, start: int = 0, end: int | None = None
-) -> tuple[list[bytes], list[bytes]]:
-    """The host names declared at the start of a line of ``data[start:end]``, and the
-    hardware addresses it names (as written)."""
-    stop = len(data) if end is None else end
-    names = _HOST_NAME.findall(data, start, stop)
-    first = (
-        _FIRST_HOST_NAME.match(data, start, stop) if start == 0 or data[start - 1] == 10 else None
-    )
-    return ([first["name"], *names] if first else names), _HARDWARE.findall(data, start, stop)
-
-
 def _check_piece(piece: Piece, head: bytes, vcfg: ValidateConfig, where: str) -> Checked:
     """One ``dhcpd -t`` over ``head`` then ``piece`` in file ``where``; complaints about the
     piece's lines name its file and line. The piece's names and MACs are read while dhcpd
@@ -488,7 +511,8 @@ def _check_piece(piece: Piece, head: bytes, vcfg: ValidateConfig, where: str) ->
             env=child_env(),
         ) as proc:
             src, start, end = piece.source, piece.start, piece.end
-            names, macs = names_and_macs(src, start, end)
+            index = HostIndex()
+            index.add(src, start, end)
             balanced = src.count(b"{", start, end) == src.count(b"}", start, end)
             try:
                 out, _ = proc.communicate(timeout=vcfg.timeout)
@@ -502,7 +526,7 @@ def _check_piece(piece: Piece, head: bytes, vcfg: ValidateConfig, where: str) ->
         return Checked([Problem(DHCPD, f"{vcfg.dhcpd}: not found")])
     finally:
         os.unlink(where)  # the pieces of a big table together are as big as the table
-    found = Checked([], names, macs, balanced)
+    found = Checked([], index, balanced)
     if proc.returncode == 0:
         return found
     skip = head.count(b"\n")
@@ -545,8 +569,7 @@ def check_pieces(
         for run_ in runs:
             one = run_.result()
             result.problems += one.problems
-            result.names += one.names
-            result.macs += one.macs
+            result.hosts.merge(one.hosts)  # while the next pieces run
             result.whole_blocks = result.whole_blocks and one.whole_blocks
     return result
 
@@ -575,29 +598,21 @@ def host_files(conf: bytes, rendered: RenderedSet) -> dict[str, str]:
     return found
 
 
-def _twice(items: list[bytes]) -> bool:
-    # sorting a list of runs that are each in order (names by id) costs little
-    ordered = sorted(items)
-    return any(map(operator.eq, ordered, itertools.islice(ordered, 1, None)))
-
-
 def host_duplicates(
-    files: Mapping[str, bytes], names: list[bytes] | None = None, macs: list[bytes] | None = None
+    files: Mapping[str, bytes], index: HostIndex | None = None
 ) -> tuple[list[Problem], list[str]]:
     """Across host files (live path -> bytes): a host name declared again (dhcpd refuses it,
     "host X: already exists", case counts) as a problem at the later declaration, and
     hardware addresses under two names or more (dhcpd takes them from the files; OMAPI
-    refuses the second add) as notes. ``names`` and ``macs``: those of :func:`names_and_macs`
-    over the files, when known. Fast when there are none (the common case, in C)."""
-    if names is None or macs is None:
-        names, macs = [], []
+    refuses the second add) as notes. ``index``: the files' :class:`HostIndex`, when known.
+    Fast when there are none (the common case, in C)."""
+    if index is None:
+        index = HostIndex()
         for data in files.values():
-            more_names, more_macs = names_and_macs(data)
-            names += more_names
-            macs += more_macs
+            index.add(data)
     problems: list[Problem] = []
     notes: list[str] = []
-    if _twice(names):
+    if index.names_twice:
         seen: set[bytes] = set()
         for path, data in files.items():
             for at in re.finditer(rb"(?:^|\n)[ \t]*host[ \t]+(?P<name>[^\s{]+)", data):
@@ -606,7 +621,7 @@ def host_duplicates(
                     name = at["name"].decode("utf-8", "replace")
                     problems.append(Problem(DHCPD, f"host {name}: already exists", path, line))
                 seen.add(at["name"])
-    if len(set(b" ".join(macs).lower().split())) != len(macs):
+    if index.macs_twice:
         owners: dict[bytes, list[bytes]] = {}
         for data in files.values():
             for text in data.splitlines():
@@ -667,7 +682,7 @@ def check_dhcpd_in_pieces(
     if not checked.whole_blocks:
         return None
     result = Validation(checked=[IN_PIECES])
-    result.problems, result.notes = host_duplicates(datas, checked.names, checked.macs)
+    result.problems, result.notes = host_duplicates(datas, checked.hosts)
     result.problems += [
         dataclasses.replace(p, path=rendered.dhcpd_conf) if p.path == rest.name else p
         for p in checked.problems

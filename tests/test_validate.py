@@ -209,3 +209,20 @@ def test_host_files_the_cut_cannot_follow_are_checked_whole(tmp_path: Path) -> N
     (over / "modems-host.conf.j2").write_text("group {\n" + text + "}\n")
     res = cycle.apply(cfg_for(tmp_path), _network(40), FACTS, pieces=SMALL_PIECES)
     assert res.ok and res.validated[0] == "dhcpd -t", (res.validated, res.problems)
+
+
+def test_host_duplicates_are_exact_names_and_case_folded_macs() -> None:
+    a, b = "/etc/dhcp-nmsprime/modems-host.conf", "/etc/dhcp-nmsprime/mta.conf"
+    files = {
+        a: b"host cm-1 { hardware ethernet 00:11:22:33:44:55; }\n"
+        b"host CM-1 { hardware ethernet 00:11:22:33:44:56; }\n",
+        b: b"# a comment\nhost mta-1 { hardware ethernet 00:11:22:33:44:AA; }\n"
+        b"host cm-1 { hardware ethernet 00:11:22:33:44:aa; }\n",
+    }
+    problems, notes = validate.host_duplicates(files)
+    assert [str(p) for p in problems] == [f"dhcpd: {b} line 3: host cm-1: already exists"]
+    assert len(notes) == 1 and "00:11:22:33:44:aa is used by hosts mta-1, cm-1" in notes[0]
+    index = validate.HostIndex()
+    index.add(files[a], files[a].index(b"host CM-1"))  # from a line start: CM-1 only
+    assert index.names == [b"CM-1"] and index.mac_count == 1
+    assert validate.host_duplicates({a: files[a]}) == ([], [])
