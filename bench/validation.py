@@ -33,6 +33,8 @@ from provhad import config, cycle, db, generations, model, validate
 from provhad.plan import live_hashes, make_plan, stale_files
 from provhad.render import DHCPD, INCLUDERS, RenderedFile, RenderedSet, Renderer
 
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
 
 @dataclasses.dataclass
 class Rendered:
@@ -152,14 +154,31 @@ def measure(sizes: list[int], repeats: int, whole: bool) -> dict[str, Any]:
     return out
 
 
+#: the keys of bench/results.json this module measures
+RECORDED = ("validate_full_s", "validate_host_change_s")
+
+
+def record(measured: dict[str, Any], path: Path = RESULTS) -> None:
+    """Merge the sizes of ``measured``'s :data:`RECORDED` keys into ``path`` (the other keys
+    and sizes stay as they are: other benchmarks write them)."""
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for key in RECORDED:
+        results.setdefault(key, {}).update(measured[key])
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 500_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--whole", action="store_true", help="also one whole dhcpd -t per size")
+    parser.add_argument("--record", action="store_true", help=f"merge {RECORDED} into {RESULTS}")
     args = parser.parse_args(argv)
-    json.dump(measure(args.sizes, args.repeats, args.whole), sys.stdout, indent=1)
+    measured = measure(args.sizes, args.repeats, args.whole)
+    json.dump(measured, sys.stdout, indent=1)
     print()
+    if args.record:
+        record(measured)
     return 0
 
 

@@ -393,7 +393,8 @@ def check_hosts_in_pieces(
     if shapes:
         return problems + shapes
     table = "".join(host_block(e) for e in entries).encode("utf-8")
-    checked = check_pieces(cut("(hosts)", table, piece), vcfg, _HOST_STUB_HEAD + definitions, jobs)
+    pieces = cut("(hosts)", table, piece) or [Piece("(hosts)", table, 0, len(table))]
+    checked = check_pieces(pieces, vcfg, _HOST_STUB_HEAD + definitions, jobs)
     return problems + [
         Problem(DHCPD, f"host {entries[p.line - 1].name}: {p.message}")
         if p.line is not None and 0 < p.line <= len(entries)
@@ -405,10 +406,11 @@ def check_hosts_in_pieces(
 # --- a full validation of a big host table in pieces --------------------------------------------
 
 _INCLUDE = re.compile(rb'^[ \t]*include[ \t]+"(?P<path>[^"]+)"[ \t]*;[ \t]*$', re.M)
-# a host declaration at the start of a line; the first line of a piece is matched on its own
-# (a pattern anchored at "\n" is searched several times faster than one with ^ and re.M)
-_HOST_NAME = re.compile(rb"\n[ \t]*host[ \t]+(?P<name>[^\s{]+)")
-_FIRST_HOST_NAME = re.compile(rb"[ \t]*host[ \t]+(?P<name>[^\s{]+)")
+# a host declaration starting a line, as the templates write them (see cut); the first line of
+# a piece is matched on its own (a literal "\nhost " is searched for several times faster than
+# a pattern with ^ and re.M, or with optional blanks)
+_HOST_NAME = re.compile(rb"\nhost (?P<name>[^\s{]+)")
+_FIRST_HOST_NAME = re.compile(rb"host (?P<name>[^\s{]+)")
 _HARDWARE = re.compile(rb"hardware[ \t]+ethernet[ \t]+(?P<mac>[0-9a-fA-F:]+)")
 #: hardware addresses used twice that Validation.notes lists by name, at most
 MAX_NOTES = 5
@@ -479,10 +481,14 @@ class Checked:
     whole_blocks: bool = True
 
 
-def cut(path: str, data: bytes, hosts: int) -> list[Piece]:
-    """``data`` (host file ``path``) cut before a line starting with ``host`` about every
-    ``hosts`` hosts, by size: cutting costs O(pieces), not O(lines)."""
+def cut(path: str, data: bytes, hosts: int) -> list[Piece] | None:
+    """``data`` (host file ``path``) cut before a line starting with ``host `` about every
+    ``hosts`` hosts, by size: cutting costs O(pieces), not O(lines). None when not every
+    ``host `` of ``data`` starts a line (an operator's template that indents them, or puts
+    the word in a string): the pieces and their :class:`HostIndex` would not follow it."""
     count = data.count(b"\nhost ") + data.startswith(b"host ")
+    if data.count(b"host ") != count:
+        return None
     step = max(1, len(data) * hosts // max(count, 1))
     pieces = []
     pos = 0
@@ -615,7 +621,7 @@ def host_duplicates(
     if index.names_twice:
         seen: set[bytes] = set()
         for path, data in files.items():
-            for at in re.finditer(rb"(?:^|\n)[ \t]*host[ \t]+(?P<name>[^\s{]+)", data):
+            for at in re.finditer(rb"(?:^|\n)host (?P<name>[^\s{]+)", data):
                 if at["name"] in seen:
                     line = data.count(b"\n", 0, at.start("name")) + 1
                     name = at["name"].decode("utf-8", "replace")
@@ -666,9 +672,14 @@ def check_dhcpd_in_pieces(
     if pieces.from_hosts <= 0:
         return None
     conf, files, datas = _host_includes(staged)
-    if sum(d.count(b"\nhost ") for d in datas.values()) < pieces.from_hosts:
+    if sum(d.count(b"\n") for d in datas.values()) < pieces.from_hosts:  # a host a line
         return None
-    cuts = [p for live, data in datas.items() for p in cut(live, data, pieces.hosts)]
+    cuts: list[Piece] = []
+    for live, data in datas.items():
+        some = cut(live, data, pieces.hosts)
+        if some is None:
+            return None
+        cuts += some
 
     def left_out(m: re.Match[bytes]) -> bytes:
         return b"# " + m[0] + b" (checked in pieces)" if m["path"].decode() in files else m[0]

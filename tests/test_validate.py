@@ -201,12 +201,21 @@ def test_a_bad_host_in_a_big_set_is_left_out_by_its_row_through_the_pieces(
     assert (other / "etc/dhcp-nmsprime/modems-host.conf").read_text() == hosts
 
 
-def test_host_files_the_cut_cannot_follow_are_checked_whole(tmp_path: Path) -> None:
-    """An operator's template that wraps the hosts in a group: no piece holds whole blocks."""
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("group {\n", "}\n"), ("", "")],  # no piece holds whole blocks; hosts not at line start
+)
+def test_host_files_the_cut_cannot_follow_are_checked_whole(
+    tmp_path: Path, before: str, after: str
+) -> None:
+    """An operator's template that wraps the hosts in a group, or indents them."""
     text = (builtin_templates() / "modems-host.conf.j2").read_text()
+    if not before:
+        assert "\nhost " in text
+        text = text.replace("\nhost ", "\n  host ")
     over = tmp_path / "etc/provhad/templates"
     over.mkdir(parents=True)
-    (over / "modems-host.conf.j2").write_text("group {\n" + text + "}\n")
+    (over / "modems-host.conf.j2").write_text(before + text + after)
     res = cycle.apply(cfg_for(tmp_path), _network(40), FACTS, pieces=SMALL_PIECES)
     assert res.ok and res.validated[0] == "dhcpd -t", (res.validated, res.problems)
 
