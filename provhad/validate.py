@@ -22,12 +22,12 @@ from provhad.hosts import HOST_FILES, HostEntry, host_block, names_by_mac, shape
 from provhad.render import CHRONY, DDNS, DHCPD, KEA6, NAMED, RenderedSet
 from provhad.services import child_env
 
-#: hosts per ``dhcpd -t`` run when host files are checked in pieces: dhcpd's own cost per host
-#: grows with the hosts of one run (fixed hash tables), a run costs ~3 ms to start (measured,
-#: docs/architecture.md "Validation")
+#: hosts per ``dhcpd -t`` run when host files are checked in pieces: dhcpd's cost per host
+#: grows with the hosts of one run (fixed hash tables), a run costs 3 ms to start; 5,000 cost
+#: the least at 500k modems (measured: docs/architecture.md, "Validation follows the change")
 PIECE_HOSTS = 5_000
-#: from this many hosts on, a full validation checks dhcpd's host files in pieces (below it a
-#: single ``dhcpd -t`` over the whole set is as fast)
+#: from this many host lines on, a full validation checks dhcpd's host files in pieces (below
+#: it one ``dhcpd -t`` over the whole set is as fast, within 10 %)
 PIECES_FROM_HOSTS = 20_000
 #: what Validation.checked says when dhcpd's part was checked in pieces
 IN_PIECES = "dhcpd -t (in pieces)"
@@ -504,10 +504,12 @@ def _check_piece(piece: Piece, head: bytes, vcfg: ValidateConfig, where: str) ->
     """One ``dhcpd -t`` over ``head`` then ``piece`` in file ``where``; complaints about the
     piece's lines name its file and line. The piece's names and MACs are read while dhcpd
     runs."""
-    data = memoryview(piece.source)[piece.start : piece.end]
-    with open(where, "wb") as fh:
-        fh.write(head)
-        fh.write(data)
+    try:
+        with open(where, "wb") as fh:
+            fh.write(head)
+            fh.write(memoryview(piece.source)[piece.start : piece.end])
+    except OSError as exc:  # as a validator that cannot run: the set is not proven
+        return Checked([Problem(DHCPD, f"{piece.path} from line {piece.first}: {exc}")])
     try:
         with subprocess.Popen(
             [vcfg.dhcpd, "-t", "-cf", where],

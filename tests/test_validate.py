@@ -105,10 +105,14 @@ def _modem_template(root: Path, only: int, what: str, where: str = "body") -> No
     (over / "modems-host.conf.j2").write_text(text.replace(old, new))
 
 
-def _both(root: Path, snap: Snapshot) -> tuple[validate.Validation, validate.Validation, str]:
+def _both(
+    root: Path, snap: Snapshot, dhcpd: str = ""
+) -> tuple[validate.Validation, validate.Validation, str]:
     """dhcpd's verdict on the set of ``snap`` staged under ``root``: whole, and in pieces;
-    and the rendered modems-host.conf."""
+    and the rendered modems-host.conf. ``dhcpd``: another dhcpd binary."""
     cfg = cfg_for(root)
+    if dhcpd:
+        cfg = dataclasses.replace(cfg, validate=dataclasses.replace(cfg.validate, dhcpd=dhcpd))
     renderer = Renderer(cfg)
     m = model.build(snap, "slave")
     rendered = renderer.render(m, FACTS)
@@ -235,3 +239,9 @@ def test_host_duplicates_are_exact_names_and_case_folded_macs() -> None:
     index.add(files[a], files[a].index(b"host CM-1"))  # from a line start: CM-1 only
     assert index.names == [b"CM-1"] and index.mac_count == 1
     assert validate.host_duplicates({a: files[a]}) == ([], [])
+
+
+def test_a_dhcpd_that_cannot_run_fails_the_pieces_too(tmp_path: Path) -> None:
+    whole, split, _ = _both(tmp_path, _network(40), str(tmp_path / "no-dhcpd"))
+    assert not whole.ok and not split.ok
+    assert any("no-dhcpd: not found" in p.message for p in split.problems), split.problems
