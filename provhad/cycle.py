@@ -103,6 +103,12 @@ class Result:
     def changed(self) -> bool:
         return bool(self.written or self.removed)
 
+    @property
+    def unproven(self) -> bool:
+        """No ``dhcpd -t`` has read this set whole (only its changed hosts, or its host table in
+        pieces): one must before dhcpd is restarted with it."""
+        return self.hosts_only or validate.IN_PIECES in self.validated
+
 
 def gather_facts(
     cfg: Config,

@@ -66,9 +66,10 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     snap = rows.small()
     first = cycle.apply(cfg, snap, FACTS)
     assert first.ok and not first.hosts_only and "dhcpd -t" in first.validated
+    assert not first.unproven
     modems = [*snap.modem, rows.modem(100777, "00:11:22:33:47:77")]
     added = cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS)
-    assert added.ok and added.hosts_only, added.validated
+    assert added.ok and added.hosts_only and added.unproven, added.validated
     assert added.validated[0] == cycle.HOSTS_ONLY and "dhcpd -t" not in added.validated
     assert "cm-100777" in (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
     conf = str(tmp_path / "etc/dhcp-nmsprime/dhcpd.conf")
