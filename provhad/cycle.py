@@ -105,6 +105,12 @@ class Result:
     def changed(self) -> bool:
         return bool(self.written or self.removed)
 
+    @property
+    def unproven(self) -> bool:
+        """No ``dhcpd -t`` has read this set whole (only its changed hosts, or its host table in
+        pieces): one must before dhcpd is restarted with it."""
+        return self.hosts_only or validate.IN_PIECES in self.validated
+
 
 def gather_facts(
     cfg: Config,
@@ -185,21 +191,15 @@ def hosts_only_check(staged: generations.Staged, vcfg: ValidateConfig) -> Valida
         name = os.path.basename(f.path)
         if name not in hosts.HOST_FILES:
             return None
-        try:
-            before[name] = Path(f.path).read_bytes()
+        try:  # whole: hosts.changed_entries splits only where they differ (memcmp elsewhere)
+            before[name], after[name] = Path(f.path).read_bytes(), f.data
         except OSError:
             return None
-        after[name] = f.data
     try:
         _gone, came = hosts.changed_entries(before, after)
     except (hosts.HostSyntaxError, UnicodeDecodeError):
         return None
-    texts = [
-        rendered.files[p].data.decode("utf-8", "replace")
-        for p in (rendered.dhcpd_conf, os.path.join(rendered.dhcp_dir, "global.conf"))
-        if p in rendered.files
-    ]
-    if validate.check_hosts(list(came.values()), vcfg, validate.option_definitions(*texts)):
+    if validate.check_hosts(list(came.values()), vcfg, validate.host_definitions(rendered)):
         return None
     others = validate.run(staged, vcfg, plan.services() - {DHCPD})
     return Validation(others.problems, [HOSTS_ONLY, *others.checked])
@@ -226,6 +226,7 @@ def apply(
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     slices: SliceCache | None = SLICES,
     parts: model.PartCache | None = PARTS,
+    pieces: validate.Pieces = validate.PIECES,
 ) -> Result:
     """Make the set rendered from ``snap`` live, unless the real daemons reject it.
 
@@ -234,7 +235,8 @@ def apply(
     shrink guard holds is recorded in ``shrink-held.json`` and goes live once a confirmation
     of that very set (not expired at ``now()``) is there. ``slices`` and ``parts``: where the
     host files' slices and the big tables' modelled chunks are kept from one cycle to the
-    next (None: rendered and modelled whole).
+    next (None: rendered and modelled whole). ``pieces``: when and how dhcpd's part of a
+    full validation runs in pieces (see :func:`provhad.validate.check_dhcpd_in_pieces`).
     """
     tick = progress or (lambda: None)
     result = Result(node=snap.node)
@@ -315,10 +317,13 @@ def apply(
             staged, functools.partial(renderer.render, m, facts, only=INCLUDERS)
         )
         tick()
-        check = hosts_only_check(staged, cfg.validate) or validate.run(staged, cfg.validate)
+        check = hosts_only_check(staged, cfg.validate) or validate.run(
+            staged, cfg.validate, pieces=pieces
+        )
         result.hosts_only = check.checked[:1] == [HOSTS_ONLY]
         tick()
         result.validated = check.checked
+        result.warnings.extend(n for n in check.notes if n not in result.warnings)
         if check.ok:
             break
         culprits = []

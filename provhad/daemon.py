@@ -461,7 +461,7 @@ class Daemon:
             s.held_set, s.held_reason = "", ""
             if DHCPD in result.services:
                 self.supervisor.published_set = result.set_hash
-                s.dhcpd_unproven = result.hosts_only
+                s.dhcpd_unproven = result.unproven
             event = "published" if result.changed else "unchanged"
             self.log.info(
                 event,

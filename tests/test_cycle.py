@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,10 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     snap = rows.small()
     first = cycle.apply(cfg, snap, FACTS)
     assert first.ok and not first.hosts_only and "dhcpd -t" in first.validated
+    assert not first.unproven
     modems = [*snap.modem, rows.modem(100777, "00:11:22:33:47:77")]
     added = cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS)
-    assert added.ok and added.hosts_only, added.validated
+    assert added.ok and added.hosts_only and added.unproven, added.validated
     assert added.validated[0] == cycle.HOSTS_ONLY and "dhcpd -t" not in added.validated
     assert "cm-100777" in (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
     conf = str(tmp_path / "etc/dhcp-nmsprime/dhcpd.conf")
@@ -75,3 +77,42 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     pools = [dict(p) | {"dns1_ip": "10.9.9.9"} for p in snap.ippool]
     pool = cycle.apply(cfg, dataclasses.replace(snap, modem=modems, ippool=pools), FACTS)
     assert pool.ok and not pool.hosts_only and "dhcpd -t" in pool.validated
+
+
+def _lines(data: bytes) -> Counter[bytes]:
+    return Counter(data.split(b"\n"))
+
+
+def test_a_bad_host_in_a_host_only_change_is_left_out_by_the_full_check_in_pieces(
+    tmp_path: Path,
+) -> None:
+    """The changed host fails on its own; the full check (in pieces, as at 500k) names its
+    row, which is left out; the rest of the change is proven on its own and goes live."""
+    from provhad import validate
+    from provhad.render import builtin_templates
+    from tests import rows
+
+    snap = rows.small()
+    modems = [*snap.modem, *(rows.modem(300_000 + i, f"00:11:22:55:00:{i:02x}") for i in range(30))]
+    pieces = validate.Pieces(from_hosts=10, hosts=4)
+    cfg = cfg_for(tmp_path)
+    assert cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS, pieces=pieces).ok
+    text = (builtin_templates() / "modems-host.conf.j2").read_text()
+    old = 'ddns-hostname "{{ m.hostname }}";'
+    over = tmp_path / "etc/provhad/templates"
+    over.mkdir(parents=True)
+    (over / "modems-host.conf.j2").write_text(
+        text.replace(old, old + "{% if m.id == 300015 %} no-such-statement 1;{% endif %}")
+    )
+    changed = [dict(r) for r in modems]
+    changed[-15]["hostname"] = "cm-renamed"  # 300015: renamed and now rendered badly
+    changed[-3]["hostname"] = "cm-also-renamed"
+    res = cycle.apply(cfg, dataclasses.replace(snap, modem=changed), FACTS, pieces=pieces)
+    assert res.ok, res.problems
+    [reject] = res.rejected_by_dhcpd  # named by the full check: check_hosts names no row
+    assert (reject.table, reject.id) == ("modem", 300_015)
+    assert reject.reason.startswith("rejected by dhcpd: "), reject
+    assert res.hosts_only  # what is left of the change then passed on its own
+    hosts = (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
+    assert "cm-also-renamed" in hosts and "cm-renamed " not in hosts and "cm-300015 " not in hosts
+    assert dhcpd_accepts(tmp_path)

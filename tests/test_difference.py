@@ -107,3 +107,24 @@ def test_a_difference_in_the_last_byte_of_a_block_is_found(
     old = b"abcdefg\n" * 4
     new = b"abcdefX\n" + b"abcdefg\n" * 3
     assert changed_lines(old, new) == (Counter([b"abcdefg"]), Counter([b"abcdefX"]))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"", b""),
+        (b"a\nb\nc\n", b"a\nb\nc\n"),
+        (b"a\nb\nc\n", b"a\nB\nc\n"),
+        (b"a\nb\nc\n", b"a\nc\n"),
+        (b"a\nb\nc\n", b"x\na\nb\nc\n"),
+        (b"a\nb\nc\n", b"a\nb\nc\nd\n"),
+        (b"a\nbb\nc\n", b"a\nbc\nc\n"),  # differs within a line
+        (b"ab\n", b"abc\n"),
+        (b"aa\naa\naa\n", b"aa\naa\n"),  # the same line over and over
+        (b"", b"host x\n"),
+    ],
+)
+def test_small_cases(old: bytes, new: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    for block in (1, 2, 3, 1 << 20):
+        monkeypatch.setattr(difference, "BLOCK", block)
+        assert changed_lines(old, new) == counted(old, new), block

@@ -97,6 +97,22 @@ def test_a_good_cycle_records_success_and_clears_the_hold(d: Daemon) -> None:
     assert d.supervisor.published_set == "new"
 
 
+def test_a_set_not_read_whole_by_dhcpd_is_proven_before_a_restart(d: Daemon) -> None:
+    """Only its changed hosts checked, or its host table in pieces: dhcpd -t reads the whole
+    set before dhcpd is restarted with it (DhcpdPorts.restart); a whole check clears that."""
+    from provhad import validate
+
+    for validated, hosts_only, unproven in [
+        (["dhcpd -t (the changed hosts)"], True, True),
+        ([validate.IN_PIECES, "named-checkconf"], False, True),
+        (["dhcpd -t", "named-checkconf"], False, False),
+    ]:
+        result = cycle.Result(ok=True, services={DHCPD}, set_hash="s", generation=2)
+        result.validated, result.hosts_only = validated, hosts_only
+        d.record(result, "poll", 1.0)
+        assert d.state.dhcpd_unproven is unproven, validated
+
+
 def test_a_set_that_does_not_touch_dhcpd_is_not_dhcpds_published_set(d: Daemon) -> None:
     d.record(cycle.Result(ok=True, services={NAMED}, set_hash="named-only"), "poll", 1.0)
     assert d.supervisor.published_set == ""
