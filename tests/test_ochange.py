@@ -311,3 +311,19 @@ def test_a_name_declared_in_two_chunks_is_judged_as_the_whole_build_judges_it(
     parts = model.PartCache()
     for s, expected in [(clean, whole_clean), (snap, whole), (clean, whole_clean), (snap, whole)]:
         assert model.build(s, "slave", parts=parts) == expected
+        if s is clean:  # built by chunks: the index holds exactly the names declared
+            c = expected.counts()
+            assert len(parts.names) == c["modems"] + c["mtas"] + c["endpoints"]
+
+
+def test_the_pool_part_is_made_again_when_a_pool_changes() -> None:
+    parts = model.PartCache()
+    modems, mtas = network(), {300000 + i: i for i in range(FIRST, FIRST + COUNT, 3)}
+    snap = chunked(snapshot(modems, mtas))
+    first = model.build(snap, "slave", parts=parts)
+    pools = [dict(r) for r in snap.ippool]
+    pools[0]["dns1_ip"] = "10.9.9.9"
+    moved = dataclasses.replace(snap, ippool=pools)
+    again = model.build(moved, "slave", parts=parts)
+    assert again == model.build(moved, "slave") and again.netgws != first.netgws
+    assert model.build(snap, "slave", parts=parts) == first
