@@ -122,10 +122,32 @@ class DhcpdPorts:
             if rc != 0:
                 return Outcome(False, rc, f"the live set fails dhcpd -t: {out}")
             s.dhcpd_unproven = False
+        started = time.monotonic()
         outcome = await services.restart_dhcpd(cfg, timeout)
         if outcome.ok:  # it read the files as last measured (the supervisor holds the lock)
             s.dhcpd_running_files = dict(self.files.hashes)
+            await self._omapi_ready(timeout - (time.monotonic() - started))
         return outcome
+
+    async def _omapi_ready(self, budget: float) -> None:
+        """Wait (within ``budget`` seconds) until the restarted dhcpd answers OMAPI. It opens
+        its OMAPI port only after reading every host: a host change meanwhile would find the
+        port closed and restart dhcpd once more, again and again on a big network."""
+        client = self.d.omapi_client()
+        if client is None:
+            return
+        deadline = time.monotonic() + max(0.0, budget)
+        while True:
+            try:
+                await client.lookup("")
+                return
+            except omapi.OmapiRefused:
+                return  # it answered
+            except omapi.OmapiUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    self.d.log.warning("omapi_not_ready", error=str(exc))
+                    return
+            await asyncio.sleep(OMAPI_READY_PAUSE)  # dhcpd is still reading its hosts
 
     async def mark_running(self) -> int | None:
         # the files as measured under the supervisor's lock: what dhcpd now holds
@@ -192,10 +214,21 @@ class DhcpdPorts:
             return LiveUpdate(attempted=True, reason=f"OMAPI: {why}")
         if others:
             # served now; what dhcpd holds is the old set plus these hosts until the restart
-            # (paced) that the other files need
+            # (paced) that the other files need; those versions are kept so that the next
+            # host change starts from them (the running set has the older ones)
             for rel in done:
                 if rel in self.files.hashes:
-                    s.dhcpd_running_files[rel] = self.files.hashes[rel]
+                    digest = self.files.hashes[rel]
+                    try:
+                        await asyncio.to_thread(
+                            generations.keep_held,
+                            self.d.state_dir,
+                            self.files.dhcp_dir / rel,
+                            digest,
+                        )
+                    except generations.PublishError as exc:
+                        self.d.log.warning("omapi_not_kept", file=rel, error=str(exc))
+                    s.dhcpd_running_files[rel] = digest
                 else:
                     s.dhcpd_running_files.pop(rel, None)
         return LiveUpdate(
@@ -222,6 +255,10 @@ class DhcpdPorts:
 #: seconds, while a bulk change (an import, [render] hashed_host_names switched) of 100k
 #: hosts would keep dhcpd's OMAPI busy for minutes; dhcpd starts in 36 s at 500k modems.
 MAX_LIVE_STEPS = 5000
+
+
+#: between attempts to reach a restarted dhcpd's OMAPI port
+OMAPI_READY_PAUSE = 0.2
 
 
 class NotLive(Exception):

@@ -558,6 +558,29 @@ def mark_running(state_dir: Path) -> Manifest | None:
     return live
 
 
+def keep_held(state_dir: Path, path: Path, digest: str) -> None:
+    """Keep ``path`` (content ``digest``) beside the running set: a file dhcpd holds by OMAPI
+    although the running set has another version (a partial live update: hosts went live,
+    a pool waits for the restart), so that the next host delta can start from it. The
+    running manifest is not touched (a rollback still restores the set dhcpd came up with).
+    Raises PublishError."""
+    saved = running_file(state_dir, digest)
+    if saved.exists():
+        return
+    try:
+        tmp = saved.with_name(f".{digest}{STAGE_SUFFIX}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        keep_file(str(path), tmp)
+        if file_sha256(str(tmp)) != digest:
+            tmp.unlink()
+            raise PublishError(f"keeping {path} failed: it changed while it was kept")
+        os.replace(tmp, saved)
+        fsync_dir(saved.parent)
+    except OSError as exc:
+        raise PublishError.of(f"keeping {path} beside the running set", exc) from exc
+
+
 def _drop_unused_running(state_dir: Path) -> None:
     """Remove running-set directories the symlink does not point at (older, or half written
     by a crash)."""

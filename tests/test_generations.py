@@ -220,6 +220,27 @@ def test_mark_running_refuses_a_live_file_changed_by_hand(tmp_path: Path) -> Non
     assert not [p for p in state.iterdir() if p.name.startswith("running")]
 
 
+def test_a_file_dhcpd_holds_by_omapi_is_kept_beside_the_running_set(tmp_path: Path) -> None:
+    """After a partial live update the host file dhcpd holds is neither the running set's nor
+    (later) the live one: kept by its hash, the next host delta starts from it; the running
+    manifest, a rollback's target, stays."""
+    cfg = cfg_for(tmp_path)
+    state = tmp_path / "var/lib/provhad"
+    assert cycle.apply(cfg, rows.small(), FACTS).ok
+    first = generations.mark_running(state)
+    assert cycle.apply(cfg, changed_modem(), FACTS).ok
+    live = tmp_path / "etc/dhcp-nmsprime/modems-host.conf"
+    digest = generations.file_sha256(str(live))
+    assert not generations.running_file(state, digest).exists()
+    generations.keep_held(state, live, digest)
+    assert generations.running_file(state, digest).read_bytes() == live.read_bytes()
+    generations.keep_held(state, live, digest)  # again: nothing to do
+    assert generations.running(state) == first
+    with pytest.raises(generations.PublishError, match="changed while it was kept"):
+        generations.keep_held(state, live, "0" * 64)
+    assert not generations.running_file(state, "0" * 64).exists()
+
+
 # --- one writer -----------------------------------------------------------------------------------
 
 HOLDER = """

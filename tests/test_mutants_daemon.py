@@ -315,3 +315,97 @@ async def test_the_state_says_whether_omapi_is_on_and_why_not(d: Daemon) -> None
     assert d.omapi_client() is None and d.state.omapi == "off ([dhcpd] omapi = false)"
     for task in d.closing:
         await task
+
+
+class FakeOmapi:
+    """dhcpd's OMAPI as DhcpdPorts sees it: takes every delta (the real client and dhcpd are
+    tested in tests/test_omapi.py and the HA lab)."""
+
+    host = "127.0.0.1"
+
+    def __init__(self) -> None:
+        self.deltas: list[Any] = []
+
+    async def apply(self, change: Any) -> Any:
+        from provhad.omapi import ApplyResult
+
+        self.deltas.append(change)
+        return ApplyResult(applied=len(change))
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_after_a_partial_update_the_next_host_change_still_goes_live(d: Daemon) -> None:
+    """Hosts went live while a pool waits for the restart: what dhcpd holds is kept, so the
+    next host change is a delta from it, not a wait for that restart (the churn lab found
+    every later host change waiting)."""
+    import dataclasses
+    import hashlib
+
+    from provhad import generations
+    from provhad.daemon import DhcpdPorts
+
+    d.cfg = dataclasses.replace(
+        d.cfg, render=dataclasses.replace(d.cfg.render, omapi_secret="c2VjcmV0c2VjcmV0")
+    )
+    fake = FakeOmapi()
+    d.omapi, d.omapi_key = fake, (d.cfg.render.omapi_key_name, "c2VjcmV0c2VjcmV0")  # type: ignore[assignment]
+    dhcp = d.cfg.paths.under_root(d.cfg.paths.dhcp_dir)
+    dhcp.mkdir(parents=True)
+
+    def host(i: int) -> bytes:
+        return f"host cm-{i} {{ hardware ethernet 00:11:22:33:44:{i:02x}; }}\n".encode()
+
+    held = {"modems-host.conf": host(1), "cmts_gws.conf": b"# pools 1\n"}
+    for data in held.values():  # the running set, as mark_running keeps it
+        kept = generations.running_file(d.state_dir, hashlib.sha256(data).hexdigest())
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_bytes(data)
+    d.state.dhcpd_running_files = {k: hashlib.sha256(v).hexdigest() for k, v in held.items()}
+    ports = DhcpdPorts(d)
+
+    def publish(name: str, data: bytes) -> None:  # as the swap does: a new inode by rename
+        (dhcp / f".{name}.new").write_bytes(data)
+        (dhcp / f".{name}.new").replace(dhcp / name)
+
+    # a host and a pool change together: the host part goes live, the pool waits
+    publish("modems-host.conf", host(1) + host(2))
+    publish("cmts_gws.conf", b"# pools 2\n")
+    await ports.applied()
+    first = await ports.live_update()
+    assert first.applied and first.partial and first.adds == 1
+    # another host change before the restart: a delta from what dhcpd holds now
+    publish("modems-host.conf", host(1) + host(2) + host(3))
+    await ports.applied()
+    second = await ports.live_update()
+    assert second.applied and second.partial and (second.deletes, second.adds) == (0, 1), second
+    assert [e.name for e in fake.deltas[1].add] == ["cm-3"]
+
+
+async def test_a_restart_waits_for_omapi_within_its_budget(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dhcpd opens OMAPI only after reading its hosts; a restart counts as done when OMAPI
+    answers (a host change meanwhile would restart it again), or when its budget is spent."""
+    import dataclasses
+    import time
+
+    from provhad.daemon import DhcpdPorts
+
+    logged: list[str] = []
+    monkeypatch.setattr(d.log, "warning", lambda event, **kw: logged.append(event))
+    ports = DhcpdPorts(d)
+    t = time.monotonic()
+    await ports._omapi_ready(30.0)  # OMAPI off (no key): nothing to wait for
+    assert time.monotonic() - t < 1.0 and logged == []
+    d.cfg = dataclasses.replace(
+        d.cfg,
+        render=dataclasses.replace(d.cfg.render, omapi_secret="c2VjcmV0c2VjcmV0"),
+        dhcpd=dataclasses.replace(d.cfg.dhcpd, omapi_host="127.0.0.1"),
+    )
+    t = time.monotonic()
+    await ports._omapi_ready(0.5)  # nobody listens: given up after the budget
+    assert 0.5 <= time.monotonic() - t < 10 and logged == ["omapi_not_ready"]
+    if d.omapi is not None:
+        await d.omapi.close()
