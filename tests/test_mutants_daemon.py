@@ -407,5 +407,12 @@ async def test_a_restart_waits_for_omapi_within_its_budget(
     t = time.monotonic()
     await ports._omapi_ready(0.5)  # nobody listens: given up after the budget
     assert 0.5 <= time.monotonic() - t < 10 and logged == ["omapi_not_ready"]
+
+    async def restarted(cfg: object, timeout: float | None = None) -> services.Outcome:
+        return services.Outcome(True, 0, "")
+
+    monkeypatch.setattr(services, "restart_dhcpd", restarted)
+    assert (await ports.restart(1.0)).ok  # the budget is what is left of the restart's
+    assert logged == ["omapi_not_ready", "omapi_not_ready"]
     if d.omapi is not None:
         await d.omapi.close()
