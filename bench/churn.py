@@ -387,6 +387,14 @@ omapi_host = "{MGMT_SLAVE}"
     return lab.slave_config(f'omapi_secret = "{secret}"', rest)
 
 
+def drain_notify(lab: ChurnLab, stop: threading.Event) -> None:
+    """Read provhad's sd_notify messages until ``stop``: the socket holds only
+    net.unix.max_dgram_qlen (10 here) datagrams, and once it is full provhad's next notify
+    blocks its main loop (seen: no cycle for minutes, wchan unix_wait_for_peer)."""
+    while not stop.is_set():
+        lab.notify.read(0.2)
+
+
 def run_mode(
     lab: ChurnLab,
     mode: str,
@@ -407,11 +415,18 @@ def run_mode(
         lab.wait_running(1, timeout=start_timeout)
         if mode == "omapi_mqtt":
             lab.wait_status("mqtt ok", 60)
-    warm = warm_up(lab, targets.controls, start_timeout)
+    stop = threading.Event()
+    drain = threading.Thread(target=drain_notify, args=(lab, stop), daemon=True)
+    drain.start()
+    try:
+        warm = warm_up(lab, targets.controls, start_timeout)
+    except BaseException:
+        stop.set()
+        drain.join(timeout=5)
+        raise
     restarts0 = lab.restart_count()
     prober = Prober(lab.net.ns("cmts"), SLAVE_IP, RATE)
     run = Run(prober, targets.controls)
-    stop = threading.Event()
     cron = None
     if mode == "upstream":
         cron = threading.Thread(target=upstream_loop, args=(lab, conf, stop), daemon=True)
@@ -439,6 +454,7 @@ def run_mode(
     finally:
         stop.set()
         prober.stop()
+        drain.join(timeout=5)
         if cron is not None:
             cron.join(timeout=180)
     return summarize(run, lab.restart_count() - restarts0, warm, end - start)
@@ -574,7 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, help="churn per mode (default 10, quick 2)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--note", help="stored with the results (e.g. other work was running)")
     args = parser.parse_args(argv)
+    # stopped by TERM (or INT, ignored in a background job): the lab's cleanup still runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = args.sizes or ([10_000] if args.quick else [100_000, 500_000])
     seconds = int(60 * (args.minutes or (2 if args.quick else 10)))
     work = Path(tempfile.mkdtemp(prefix="provhad-churn-"))
@@ -590,12 +609,15 @@ def main(argv: list[str] | None = None) -> int:
     out = results(per_size)
     out["churn_settings"] = {
         "minutes": seconds / 60,
+        "answer_timeout_s": ANSWER_TIMEOUT,
         "probe_rate": RATE,
         "poll_interval_s": POLL_INTERVAL,
         "mix": MIX,
         "sizes": [str(n) for n in sizes],
         "date": time.strftime("%Y-%m-%d"),
     }
+    if args.note:
+        out["churn_settings"]["note"] = args.note
     print(json.dumps(out, indent=1))
     return 0
 

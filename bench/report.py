@@ -316,19 +316,26 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         "`min_restart_interval = 30`); the MQTT column polls every 30 s and sends "
         "`provhad trigger` after each commit.",
         "",
-        "- answered: share of control probes the slave answered within 1 s;",
-        "- served: commit -> the first answer that reflects the change (an OFFER with the new "
-        "filename; for an access change an OFFER to a CPE behind the modem; for a delete, the "
-        "first unanswered probe while a control within 1 s was answered). Configfile changes "
+        f"- answered: share of control probes the slave answered within "
+        f"{cs.get('answer_timeout_s', 1.0):g} s (upstream's `ping-check true` holds each OFFER "
+        "to a probe 1 s: a probe never REQUESTs);",
+        "- served: commit -> the DISCOVER whose answer first reflects the change (an OFFER with "
+        "the new filename; for an access change an OFFER to a CPE behind the modem; for a "
+        "delete, the first unanswered probe while a control within 1 s was answered); dhcpd "
+        "settles the answer on arrival, the ping-check wait is not counted. Configfile changes "
         "do not change what dhcpd serves (the filename is the hostname's): counted in changes, "
         "not in latency. The prober alternates between pending changes, so with many pending "
         "(restart, upstream) the resolution is coarser (pending x 0.1 s);",
         "- restarts: dhcpd restarts during the churn (startup excluded).",
         "",
     ]
+    if cs.get("note"):
+        lines += [f"**Note**: {cs['note']}", ""]
     for size, modes in sorted(r["churn"].items(), key=lambda kv: int(kv[0])):
+        one, full = r["validate_host_change_s"].get(size), r["validate_full_s"].get(size)
         lines += [
-            f"**{int(size):,} modems**",
+            f"**{int(size):,} modems** (validation: one changed host {fmt(one)}, the whole host "
+            f"table in pieces {fmt(full)})",
             "",
             "| mode | answered | longest gap | served p50 / p99 / max | unserved | restarts"
             " | changes |",
@@ -384,12 +391,9 @@ def churn_section(r: dict[str, Any]) -> list[str]:
     if any(m.get("omapi", {}).get("restarts") for m in r["churn"].values()):
         lines += [
             "Why OMAPI mode restarts: a network-access change rewrites blocked.conf (a "
-            "subclass, not a host file), so the supervisor restarts dhcpd, paced by "
-            "`min_restart_interval`; until that restart the live set and what dhcpd runs "
-            "differ in more than hosts, so host changes published meanwhile are not sent by "
-            "OMAPI either and wait for the restart (this is what drives the OMAPI p99 above). "
-            "Carrying the blocked subclass by OMAPI, or letting host deltas through while a "
-            "class restart is pending, would remove both.",
+            "subclass, not a host file), which dhcpd takes only at a restart, paced by "
+            "`min_restart_interval`; the host part of the same change goes by OMAPI at once "
+            "(`omapi_applied` with `PARTIAL=True`).",
             "",
         ]
     run = set(cs.get("sizes", []))
