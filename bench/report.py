@@ -320,7 +320,7 @@ def churn_section(r: dict[str, Any]) -> list[str]:
     poll = cs.get("poll_interval_s", 1.0)
     lines += [
         f"Measured {cs.get('date', '?')} by `bench/churn.py` ({cs.get('minutes', '?')} minutes "
-        f"of churn per mode, sizes {', '.join(cs.get('sizes', []))}): the HA lab's failover pair "
+        f"of churn per mode, sizes {', '.join(sorted(r['churn'], key=int))}): the HA lab's failover pair "
         "(tests/lab: network namespaces, the master's dhcpd from `provhad render`, the slave's "
         "dhcpd started by the lab's restart script after `provhad strip-hosts` of its lease "
         "file) on the sample network. One modem change per second, mix "
@@ -416,7 +416,9 @@ def churn_section(r: dict[str, Any]) -> list[str]:
             "(longest gap). Probable cause, in provhad: after a partial apply "
             "`dhcpd_running_files` names the new host file, of which no copy is kept "
             "(`generations.running_file`), so the next delta stops in `_host_delta` "
-            "(NotLive, '... as dhcpd runs it is not kept'), logged at debug level only.",
+            "(NotLive, '... as dhcpd runs it is not kept'), logged at debug level only. "
+            "At 100k also 5 `omapi_fallback` ('Connection refused'): a delta tried while the "
+            "restarted dhcpd was still reading its 100k hosts ended in one more restart.",
             "",
         ]
     run = set(cs.get("sizes", []))
