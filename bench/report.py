@@ -318,9 +318,10 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         return lines
     cs = r.get("churn_settings", {})
     poll = cs.get("poll_interval_s", 1.0)
+    sizes = ", ".join(f"{int(n):,}" for n in sorted(r["churn"], key=int))
     lines += [
         f"Measured {cs.get('date', '?')} by `bench/churn.py` ({cs.get('minutes', '?')} minutes "
-        f"of churn per mode, sizes {', '.join(sorted(r['churn'], key=int))}): the HA lab's failover pair "
+        f"of churn per mode, sizes {sizes}): the HA lab's failover pair "
         "(tests/lab: network namespaces, the master's dhcpd from `provhad render`, the slave's "
         "dhcpd started by the lab's restart script after `provhad strip-hosts` of its lease "
         "file) on the sample network. One modem change per second, mix "
