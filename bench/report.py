@@ -276,8 +276,24 @@ def main() -> None:
         "",
     ]
     lines += churn_section(r)
-    (REPO / "docs/benchmarks.md").write_text("\n".join(lines))
+    doc = REPO / "docs/benchmarks.md"
+    lines += kept_sections(doc.read_text() if doc.exists() else "", lines)
+    doc.write_text("\n".join(lines))
     plot(r, REPO / "docs/benchmarks.png")
+
+
+def kept_sections(old: str, new: list[str]) -> list[str]:
+    """The ``## `` sections of the old page that this report does not write (written by hand
+    from another measurement, e.g. bench/hostnames.json), to carry over at the end."""
+    ours = {line for line in new if line.startswith("## ")}
+    kept: list[str] = []
+    keep = False
+    for line in old.split("\n"):
+        if line.startswith("## "):
+            keep = line not in ours
+        if keep:
+            kept.append(line)
+    return kept
 
 
 CHURN_MODES = (
@@ -302,9 +318,10 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         return lines
     cs = r.get("churn_settings", {})
     poll = cs.get("poll_interval_s", 1.0)
+    sizes = ", ".join(f"{int(n):,}" for n in sorted(r["churn"], key=int))
     lines += [
         f"Measured {cs.get('date', '?')} by `bench/churn.py` ({cs.get('minutes', '?')} minutes "
-        f"of churn per mode, sizes {', '.join(cs.get('sizes', []))}): the HA lab's failover pair "
+        f"of churn per mode, sizes {sizes}): the HA lab's failover pair "
         "(tests/lab: network namespaces, the master's dhcpd from `provhad render`, the slave's "
         "dhcpd started by the lab's restart script after `provhad strip-hosts` of its lease "
         "file) on the sample network. One modem change per second, mix "
@@ -316,19 +333,26 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         "`min_restart_interval = 30`); the MQTT column polls every 30 s and sends "
         "`provhad trigger` after each commit.",
         "",
-        "- answered: share of control probes the slave answered within 1 s;",
-        "- served: commit -> the first answer that reflects the change (an OFFER with the new "
-        "filename; for an access change an OFFER to a CPE behind the modem; for a delete, the "
-        "first unanswered probe while a control within 1 s was answered). Configfile changes "
+        f"- answered: share of control probes the slave answered within "
+        f"{cs.get('answer_timeout_s', 1.0):g} s (upstream's `ping-check true` holds each OFFER "
+        "to a probe 1 s: a probe never REQUESTs);",
+        "- served: commit -> the DISCOVER whose answer first reflects the change (an OFFER with "
+        "the new filename; for an access change an OFFER to a CPE behind the modem; for a "
+        "delete, the first unanswered probe while a control within 1 s was answered); dhcpd "
+        "settles the answer on arrival, the ping-check wait is not counted. Configfile changes "
         "do not change what dhcpd serves (the filename is the hostname's): counted in changes, "
         "not in latency. The prober alternates between pending changes, so with many pending "
         "(restart, upstream) the resolution is coarser (pending x 0.1 s);",
         "- restarts: dhcpd restarts during the churn (startup excluded).",
         "",
     ]
+    if cs.get("note"):
+        lines += [f"**Note**: {cs['note']}", ""]
     for size, modes in sorted(r["churn"].items(), key=lambda kv: int(kv[0])):
+        one, full = r["validate_host_change_s"].get(size), r["validate_full_s"].get(size)
         lines += [
-            f"**{int(size):,} modems**",
+            f"**{int(size):,} modems** (validation: one changed host {fmt(one)}, the whole host "
+            f"table in pieces {fmt(full)})",
             "",
             "| mode | answered | longest gap | served p50 / p99 / max | unserved | restarts"
             " | changes |",
@@ -383,13 +407,19 @@ def churn_section(r: dict[str, Any]) -> list[str]:
     lines.append("")
     if any(m.get("omapi", {}).get("restarts") for m in r["churn"].values()):
         lines += [
-            "Why OMAPI mode restarts: a network-access change rewrites blocked.conf (a "
-            "subclass, not a host file), so the supervisor restarts dhcpd, paced by "
-            "`min_restart_interval`; until that restart the live set and what dhcpd runs "
-            "differ in more than hosts, so host changes published meanwhile are not sent by "
-            "OMAPI either and wait for the restart (this is what drives the OMAPI p99 above). "
-            "Carrying the blocked subclass by OMAPI, or letting host deltas through while a "
-            "class restart is pending, would remove both.",
+            "Why OMAPI mode restarts and waits: a network-access change rewrites blocked.conf "
+            "(a subclass, not a host file), which dhcpd takes only at a restart, paced by "
+            "`min_restart_interval`; the host part of that change goes by OMAPI at once "
+            "(`omapi_applied` with `PARTIAL=True`). In the 10k run of 2026-12-01 only that one "
+            "delta after each restart went by OMAPI (8 `omapi_applied` in 68 publishes of the "
+            "OMAPI mode); the host changes published after it waited for the next restart, "
+            "which is what its served p50/p99 show, and the slave was down for each restart "
+            "(longest gap). Probable cause, in provhad: after a partial apply "
+            "`dhcpd_running_files` names the new host file, of which no copy is kept "
+            "(`generations.running_file`), so the next delta stops in `_host_delta` "
+            "(NotLive, '... as dhcpd runs it is not kept'), logged at debug level only. "
+            "At 100k also 5 `omapi_fallback` ('Connection refused'): a delta tried while the "
+            "restarted dhcpd was still reading its 100k hosts ended in one more restart.",
             "",
         ]
     run = set(cs.get("sizes", []))

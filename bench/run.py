@@ -393,13 +393,29 @@ def upstream_latency(rebuild_s: float, changes: int) -> dict[str, float]:
 CHURN_KEYS = ("churn", "churn_settings", "validate_host_change_s", "validate_full_s")
 
 
-def churn(quick: bool, sizes: list[int] | None) -> dict[str, Any]:
+def churn(quick: bool, sizes: list[int] | None, note: str | None = None) -> dict[str, Any]:
     """bench/churn.py in a child process (it needs root: network namespaces); its keys."""
     argv = [sys.executable, "-m", "bench.churn", *(["--quick"] if quick else [])]
     if sizes:
         argv += ["--sizes", *map(str, sizes)]
+    if note:
+        argv += ["--note", note]
     out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def merge_churn(kept: dict[str, Any], new: dict[str, Any]) -> None:
+    """Put a complete churn run's keys into ``kept``: its sizes replace the same sizes, other
+    sizes stay (with the settings they ran with, under ``churn_settings_by_size``)."""
+    by_size = kept.pop("churn_settings_by_size", {})
+    for size in kept.get("churn", {}):
+        by_size.setdefault(size, kept.get("churn_settings", {}))
+    for size in new["churn"]:
+        by_size[size] = new["churn_settings"]
+    kept["churn"] = {**kept.get("churn", {}), **new["churn"]}
+    kept["churn_settings"] = new["churn_settings"]
+    kept["churn_settings_by_size"] = by_size
+    kept.pop("churn_partial", None)  # superseded by a complete run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,11 +430,20 @@ def main(argv: list[str] | None = None) -> int:
         help="only the churn benchmark: its keys replace those in bench/results.json",
     )
     parser.add_argument("--churn-sizes", type=int, nargs="+", help="modems for the churn part")
+    parser.add_argument("--churn-note", help="stored with the churn results (a loaded machine)")
+    parser.add_argument(
+        "--churn-from", type=Path, help="with --churn-only: a saved `python -m bench.churn` output"
+    )
     args = parser.parse_args(argv)
     results_path = BENCH / "results.json"
     if args.churn_only:
         kept = json.loads(results_path.read_text()) if results_path.exists() else {}
-        kept.update(churn(args.quick, args.churn_sizes))
+        new = (
+            json.loads(args.churn_from.read_text())
+            if args.churn_from
+            else churn(args.quick, args.churn_sizes, args.churn_note)
+        )
+        merge_churn(kept, new)
         results_path.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
         subprocess.run([sys.executable, str(BENCH / "report.py")], check=True, cwd=REPO)
         return 0
@@ -469,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     flat = flatten(results)
     if args.churn:
-        flat.update(churn(args.quick, args.churn_sizes))
+        flat.update(churn(args.quick, args.churn_sizes, args.churn_note))
     elif results_path.exists():  # a run without the churn part keeps the last churn results
         last = json.loads(results_path.read_text())
         flat.update({k: last[k] for k in CHURN_KEYS if k in last})

@@ -46,6 +46,8 @@ V6_POOL, V6_ENDPOINT = pool6(11, CMTS_ID, 1), ep6(1, 1, 5)
 #: [paths] root: see HALab.slave_view)
 DDNS_SCRIPT, CPE_KEY = PathsConfig().named_ddns_script, PathsConfig().ddns_cpe_key
 NSUPDATE_LOG_DIR = "/var/log/nmsprime"  # provhad.render's log_file for nsupdate's output
+#: the peer name templates/failover.conf.j2 declares
+FAILOVER_PEER = "dhcpd-failover"
 FAILOVER = re.compile(r"failover peer \S+: I move from (\S+) to (\S+)")
 
 
@@ -98,6 +100,29 @@ def lease_states(path: Path) -> Counter[str]:
         if state:
             latest[block.group(1)] = state.group(1)
     return Counter(latest.values())
+
+
+def new_pair_leases(path: Path) -> None:
+    """A lease file for one peer of a new failover pair: no leases, both peers ``normal``.
+
+    Without a state record both peers start in ``recover``: each sends UPDREQALL (twice: on the
+    peer's state and on its own move to recover) and answers with its whole all-FREE pool, one
+    stream per direction at max-unacked-updates 10, while the primary, once in normal, hands
+    out BACKUP leases. The secondary serves nothing meanwhile, the primary rejects its FREE
+    stream ("incoming update is less critical than outgoing update": failover.c,
+    failover_lease_is_better, the primary's own pending update wins), and the peers can end
+    up disagreeing about who owns a lease ("peer holds all free leases", the secondary's
+    "balanced pool ... lts -N"), with the next pool check max-balance (3600 s) away. Two new
+    servers hold the same (empty) database, which is what ``normal`` on both sides asserts:
+    no full exchange, the primary balances once and the secondary takes each BACKUP update.
+    An existing file (a restart) is left as dhcpd wrote it."""
+    if path.exists() and path.stat().st_size:
+        return
+    at = time.strftime("%w %Y/%m/%d %H:%M:%S", time.gmtime())
+    path.write_text(
+        f'failover peer "{FAILOVER_PEER}" state {{\n'
+        f"  my state normal at {at};\n  peer state normal at {at};\n}}\n"
+    )
 
 
 def insert(db: ScratchDatabase, table: str, row: dict[str, object]) -> None:
@@ -259,7 +284,7 @@ class HALab:
         self.cpe_key = secrets.token_bytes(32)
         for root in (self.master_root, self.slave_root):
             (root / "var/lib/dhcp").mkdir(parents=True, exist_ok=True)
-            (root / "var/lib/dhcp/dhcpd.leases").touch()
+            new_pair_leases(root / "var/lib/dhcp/dhcpd.leases")
         self.master_log = LogWatch(self.tmp / "master-dhcpd.log")
         self.slave_log = LogWatch(self.tmp / "slave-dhcpd.log")
         self.notify = NotifyListener(self.tmp / "notify.sock")
