@@ -376,8 +376,15 @@ def churn_section(r: dict[str, Any]) -> list[str]:
                     f"{q.get('unserved', '-')} | {q['restarts']} | {q['changes']} |"
                 )
         lines.append("")
-    lines += ["**Validation per change** (`provhad.validate`, the network's host entries)", ""]
-    lines += ["| modems | one changed host (check_hosts) | all hosts (check_hosts_in_pieces) |"]
+    lines += [
+        "**Validation** (`python -m bench.validation`: the staged set as `cycle.apply` checks "
+        "it; the minimum of the repeats)",
+        "",
+    ]
+    lines += [
+        "| modems | a host-only change (`cycle.hosts_only_check`) | the whole set, dhcpd's part "
+        "(`validate.run`: in pieces from 20k hosts) |"
+    ]
     lines += ["|---|---|---|"]
     for size in sorted(r.get("validate_full_s", {}), key=int):
         lines.append(
@@ -407,19 +414,8 @@ def churn_section(r: dict[str, Any]) -> list[str]:
     lines.append("")
     if any(m.get("omapi", {}).get("restarts") for m in r["churn"].values()):
         lines += [
-            "Why OMAPI mode restarts and waits: a network-access change rewrites blocked.conf "
-            "(a subclass, not a host file), which dhcpd takes only at a restart, paced by "
-            "`min_restart_interval`; the host part of that change goes by OMAPI at once "
-            "(`omapi_applied` with `PARTIAL=True`). In the 10k run of 2026-12-01 only that one "
-            "delta after each restart went by OMAPI (8 `omapi_applied` in 68 publishes of the "
-            "OMAPI mode); the host changes published after it waited for the next restart, "
-            "which is what its served p50/p99 show, and the slave was down for each restart "
-            "(longest gap). Probable cause, in provhad: after a partial apply "
-            "`dhcpd_running_files` names the new host file, of which no copy is kept "
-            "(`generations.running_file`), so the next delta stops in `_host_delta` "
-            "(NotLive, '... as dhcpd runs it is not kept'), logged at debug level only. "
-            "At 100k also 5 `omapi_fallback` ('Connection refused'): a delta tried while the "
-            "restarted dhcpd was still reading its 100k hosts ended in one more restart.",
+            "OMAPI mode restarted dhcpd during the churn: see `omapi_fallback` and `restarted` "
+            "in provhad's journal of that run (`python -m bench.churn --keep`).",
             "",
         ]
     run = set(cs.get("sizes", []))
