@@ -173,12 +173,15 @@ HOSTS_ONLY = "dhcpd -t (the changed hosts)"
 
 
 def hosts_only_check(staged: generations.Staged, vcfg: ValidateConfig) -> Validation | None:
-    """When dhcpd's part of the plan is confined to the host files: the changed hosts proven
-    on their own (``validate.check_hosts``: O(change), where ``dhcpd -t`` over 500k hosts
-    takes half a minute) and the other services as usual. None when the full check is
-    needed: something else of dhcpd's changed, a host line that is not one line, or a
-    changed host dhcpd refuses (the full check then names the row to leave out). The whole
-    set is proven by dhcpd before it is restarted with it (``daemon.DhcpdPorts.restart``)."""
+    """When dhcpd's part of the plan is confined to the host and subclass files: the changed
+    hosts proven on their own (``validate.check_hosts``: O(change), where ``dhcpd -t`` over
+    500k hosts takes half a minute), the changed subclass lines parsed as exactly what the
+    templates write (a member carries no statements; its class is in global.conf, which did
+    not change), and the other services as usual. None when the full check is needed:
+    something else of dhcpd's changed, a host or member line that is not one line as the
+    templates write it, or a changed host dhcpd refuses (the full check then names the row to
+    leave out). The whole set is proven by dhcpd before it is restarted with it
+    (``daemon.DhcpdPorts.restart``)."""
     plan, rendered = staged.plan, staged.rendered
     mine = [f for f in plan.write if f.service == DHCPD]
     if plan.remove or not mine:
@@ -189,7 +192,7 @@ def hosts_only_check(staged: generations.Staged, vcfg: ValidateConfig) -> Valida
     after: dict[str, bytes] = {}
     for f in mine:
         name = os.path.basename(f.path)
-        if name not in hosts.HOST_FILES:
+        if name not in hosts.LIVE_FILES:
             return None
         try:  # whole: hosts.changed_entries splits only where they differ (memcmp elsewhere)
             before[name], after[name] = Path(f.path).read_bytes(), f.data
@@ -197,7 +200,13 @@ def hosts_only_check(staged: generations.Staged, vcfg: ValidateConfig) -> Valida
             return None
     try:
         _gone, came = hosts.changed_entries(before, after)
+        # each changed member line as the templates write it, of a class global.conf declares
+        _leave, join = hosts.changed_members(before, after)
     except (hosts.HostSyntaxError, UnicodeDecodeError):
+        return None
+    declared = rendered.files.get(os.path.join(rendered.dhcp_dir, "global.conf"))
+    text = declared.data if declared is not None else b""
+    if any(f'class "{m.cls}"'.encode() not in text for m in join):
         return None
     if validate.check_hosts(list(came.values()), vcfg, validate.host_definitions(rendered)):
         return None

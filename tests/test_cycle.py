@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from provhad import config, cycle
-from provhad.render import HostFacts
+from provhad.render import HostFacts, builtin_templates
 
 FACTS = HostFacts(dt.datetime(2026, 1, 15, tzinfo=dt.UTC), "nmsslave.nmsprime.test", None)
 
@@ -74,9 +74,36 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     assert "cm-100777" in (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
     conf = str(tmp_path / "etc/dhcp-nmsprime/dhcpd.conf")
     assert run_dhcpd_t(conf, cfg.validate) == (0, "")  # the whole set holds too
+    # a modem blocked (a subclass member, no statements) and its line changed: still O(change)
+    blocked = [dict(m) | {"internet_access": 0} if m["id"] == 100777 else m for m in modems]
+    member = cycle.apply(cfg, dataclasses.replace(snap, modem=blocked), FACTS)
+    assert member.ok and member.hosts_only and member.unproven, member.validated
+    assert "00:11:22:33:47:77" in (tmp_path / "etc/dhcp-nmsprime/blocked.conf").read_text()
+    assert run_dhcpd_t(conf, cfg.validate) == (0, "")
     pools = [dict(p) | {"dns1_ip": "10.9.9.9"} for p in snap.ippool]
-    pool = cycle.apply(cfg, dataclasses.replace(snap, modem=modems, ippool=pools), FACTS)
+    pool = cycle.apply(cfg, dataclasses.replace(snap, modem=blocked, ippool=pools), FACTS)
     assert pool.ok and not pool.hosts_only and "dhcpd -t" in pool.validated
+
+
+def test_a_member_of_a_class_global_conf_does_not_declare_is_checked_whole(
+    tmp_path: Path,
+) -> None:
+    """An operator's blocked.conf template naming another class: the quick check cannot vouch
+    for it; the full check's dhcpd -t refuses those lines and their modems are left out."""
+    from tests import rows
+
+    cfg = cfg_for(tmp_path)
+    snap = rows.small()
+    assert cycle.apply(cfg, snap, FACTS).ok
+    over = tmp_path / "etc/provhad/templates"
+    over.mkdir(parents=True)
+    text = (builtin_templates() / "blocked.conf.j2").read_text()
+    (over / "blocked.conf.j2").write_text(text.replace('"blocked"', '"no-such-class"'))
+    blocked = [dict(m) | {"internet_access": 0} for m in snap.modem]
+    result = cycle.apply(cfg, dataclasses.replace(snap, modem=blocked), FACTS)
+    assert result.ok and result.rejected_by_dhcpd, result.validated
+    assert {r.table for r in result.rejected_by_dhcpd} == {"modem"}
+    assert "no-such-class" not in (tmp_path / "etc/dhcp-nmsprime/blocked.conf").read_text()
 
 
 def _lines(data: bytes) -> Counter[bytes]:
