@@ -350,9 +350,10 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         lines += [f"**Note**: {cs['note']}", ""]
     for size, modes in sorted(r["churn"].items(), key=lambda kv: int(kv[0])):
         one, full = r["validate_host_change_s"].get(size), r["validate_full_s"].get(size)
+        note = r.get("churn_settings_by_size", {}).get(size, {}).get("note")
         lines += [
             f"**{int(size):,} modems** (validation: one changed host {fmt(one)}, the whole host "
-            f"table in pieces {fmt(full)})",
+            f"table in pieces {fmt(full)})" + (f". Note: {note}" if note else ""),
             "",
             "| mode | answered | longest gap | served p50 / p99 / max | unserved | restarts"
             " | changes |",
@@ -412,10 +413,12 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         ):  # fmt: skip
             lines.append(f"| {name} | {int(size):,} | {'yes' if ok else '**no**'} | {val} |")
     lines.append("")
-    if any(m.get("omapi", {}).get("restarts") for m in r["churn"].values()):
+    restarted = [s for s, m in r["churn"].items() if m.get("omapi", {}).get("restarts")]
+    if restarted:
         lines += [
-            "OMAPI mode restarted dhcpd during the churn: see `omapi_fallback` and `restarted` "
-            "in provhad's journal of that run (`python -m bench.churn --keep`).",
+            f"OMAPI mode restarted dhcpd during the churn at {', '.join(restarted)} modems: see "
+            "the note of that size, and `omapi_fallback` and `restarted` in provhad's journal "
+            "of such a run (`python -m bench.churn --keep`).",
             "",
         ]
     run = set(cs.get("sizes", []))
