@@ -80,8 +80,13 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     assert member.ok and member.hosts_only and member.unproven, member.validated
     assert "00:11:22:33:47:77" in (tmp_path / "etc/dhcp-nmsprime/blocked.conf").read_text()
     assert run_dhcpd_t(conf, cfg.validate) == (0, "")
+    # global.conf (beside the host files: the time offset changes with DST) is checked whole
+    summer = dataclasses.replace(FACTS, now=dt.datetime(2026, 7, 15, tzinfo=dt.UTC))
+    offset = cycle.apply(cfg, dataclasses.replace(snap, modem=blocked), summer)
+    assert offset.ok and offset.written == [str(tmp_path / "etc/dhcp-nmsprime/global.conf")]
+    assert not offset.hosts_only and "dhcpd -t" in offset.validated
     pools = [dict(p) | {"dns1_ip": "10.9.9.9"} for p in snap.ippool]
-    pool = cycle.apply(cfg, dataclasses.replace(snap, modem=blocked, ippool=pools), FACTS)
+    pool = cycle.apply(cfg, dataclasses.replace(snap, modem=blocked, ippool=pools), summer)
     assert pool.ok and not pool.hosts_only and "dhcpd -t" in pool.validated
 
 
