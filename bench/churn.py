@@ -447,8 +447,11 @@ def run_mode(
         while run.pending() and time.monotonic() - churn_end < 90:
             time.sleep(0.5)  # bounded; the prober and the matcher run meanwhile
             run.match(time.monotonic())
-        time.sleep(ANSWER_TIMEOUT + 1.6)  # let the last probes settle
-        run.match(time.monotonic() + 10)
+        # the last pass: every probe sent until now, once its answer has had its time (a
+        # probe still in flight is not silence, which a "silent" change would take it for)
+        cutoff = time.monotonic()
+        time.sleep(ANSWER_TIMEOUT + 1.6)
+        run.match(cutoff + ANSWER_TIMEOUT + 1.5)
         end = time.monotonic()
     finally:
         stop.set()
