@@ -469,6 +469,24 @@ def summarize(run: Run, restarts: int, warm: float, seconds: float) -> dict[str,
     kinds: dict[str, int] = {}
     for c in run.changes:
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    start = run.changes[0].at if run.changes else 0.0
+    # the slowest changes and the ones never shown, each with what was expected of it: where a
+    # p99 or an unserved count comes from
+    late = sorted(
+        (c for c in run.changes if c.expect is not None),
+        key=lambda c: -(c.served_at - c.at) if c.served_at is not None else float("-inf"),
+    )
+    slowest = [
+        {
+            "kind": c.kind,
+            "expect": c.expect,
+            "client": c.client.name,
+            "committed_at_s": round(c.at - start, 2),
+            "served_s": None if c.served_at is None else round(c.served_at - c.at, 2),
+            "probes": c.probes,
+        }
+        for c in late[:5]
+    ]
     return {
         "answered_share": answered / len(controls) if controls else None,
         "served_p50_s": pct(served, 50),
@@ -483,6 +501,7 @@ def summarize(run: Run, restarts: int, warm: float, seconds: float) -> dict[str,
         "longest_gap_s": longest_gap(controls),
         "warm_up_s": round(warm, 1),
         "seconds": round(seconds, 1),
+        "slowest": slowest,
     }
 
 
