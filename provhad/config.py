@@ -106,10 +106,15 @@ class WatchConfig:
     """When to rebuild: polling, debounce and restart pacing (seconds)."""
 
     poll_interval: float = 2.0
-    quiet_period: float = 1.0
+    #: 0: a trigger starts a cycle at once (cycles cost O(change) and host changes go live
+    #: without a restart, so waiting for a burst to end only delays the change); what arrives
+    #: during a cycle is taken together by the next one
+    quiet_period: float = 0.0
     max_delay: float = 15.0
     min_restart_interval: float = 30.0
     periodic_command: tuple[str, ...] = ()
+    #: the configfile build is costly (every configfile): its requests are still collected
+    periodic_command_quiet_period: float = 1.0
     #: below stall_timeout: the main loop waits for the command without feeding the watchdog
     periodic_command_timeout: float = 240.0
     stall_timeout: float = 300.0
@@ -299,7 +304,13 @@ def _check_severity(value: Any) -> str:
 
 #: pacing values where 0 means "no wait"
 _ZERO_OK = frozenset(
-    {"quiet_period", "min_restart_interval", "check_interval", "max_shrink_percent"}
+    {
+        "quiet_period",
+        "periodic_command_quiet_period",
+        "min_restart_interval",
+        "check_interval",
+        "max_shrink_percent",
+    }
 )
 
 _SPECIAL: dict[tuple[str, str], Callable[[Any], Any]] = {
@@ -566,13 +577,14 @@ def check_timing(cfg: Config, file: str, given: frozenset[str] = frozenset()) ->
         return value if dotted in given else f"{value}, the default"
 
     stall = _value(cfg, _STALL)
-    if cfg.watch.quiet_period > cfg.watch.max_delay:
-        raise ConfigError(
-            file,
-            "watch.quiet_period",
-            f"{shown('watch.quiet_period')} must not exceed watch.max_delay "
-            f"({shown('watch.max_delay')}): max_delay bounds the debounce",
-        )
+    for quiet in ("watch.quiet_period", "watch.periodic_command_quiet_period"):
+        if _value(cfg, quiet) > cfg.watch.max_delay:
+            raise ConfigError(
+                file,
+                quiet,
+                f"{shown(quiet)} must not exceed watch.max_delay "
+                f"({shown('watch.max_delay')}): max_delay bounds the debounce",
+            )
     for dotted, why in _BELOW_STALL.items():
         if _value(cfg, dotted) >= stall:
             raise ConfigError(

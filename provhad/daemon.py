@@ -291,7 +291,7 @@ class Daemon:
         self.hook = Hook(
             self.cfg.watch.periodic_command,
             self.cfg.watch.periodic_command_timeout,
-            (self.cfg.watch.quiet_period, self.cfg.watch.max_delay),
+            (self.cfg.watch.periodic_command_quiet_period, self.cfg.watch.max_delay),
             self.state,
             self.reporter.report,
             self.log,
@@ -392,15 +392,24 @@ class Daemon:
                 return trigger
         return None
 
+    def queued(self) -> list[Trigger]:
+        """The triggers already waiting (they came during the last cycle)."""
+        out = []
+        while not self.triggers.empty():
+            out.append(self.triggers.get_nowait())
+        return out
+
     async def collect(self) -> list[Trigger]:
-        """A trigger, then whatever follows within the debounce window."""
+        """A trigger, every trigger already queued behind it, then whatever follows within
+        the debounce window (none by default: the cycle starts at once)."""
         first = await self.next_trigger()
         if first is None:
             return []
         w = self.cfg.watch
         burst = Debounce(w.quiet_period, w.max_delay, time.monotonic)
         burst.add()
-        batch = [first]
+        # what came during the last cycle has waited long enough: one cycle takes it all
+        batch = [first, *self.queued()]
         while not self.stop.is_set():
             left = burst.remaining()
             if left <= 0:
@@ -586,7 +595,7 @@ class Daemon:
         self.supervisor.pacing = self.pacing()
         w = new.watch
         self.hook.command, self.hook.timeout = w.periodic_command, w.periodic_command_timeout
-        self.hook.debounce = (w.quiet_period, w.max_delay)
+        self.hook.debounce = (w.periodic_command_quiet_period, w.max_delay)
         self.scheduler.timezone = new.render.timezone
         if new != old:
             self.state.held_set = ""  # e.g. a validator's path was fixed: try the set again

@@ -5,7 +5,7 @@ nms:configfile``; a missing or stale one leaves a modem stuck in init(o). provha
 render them itself; it runs the configured command (``[watch] periodic_command``):
 
 - after any change of the columns a configfile is built from (``db.HOOK_WATCHED``), collected
-  like rebuild triggers (``quiet_period``, at most ``max_delay``), and at every periodic rebuild;
+  over ``periodic_command_quiet_period`` (at most ``max_delay``), and at every periodic rebuild;
 - never two at once: a request that arrives during a run makes exactly one more run after it;
 - bounded by ``periodic_command_timeout`` (killed with its process group);
 - its outcome goes to the state file (STATUS, ``provhad status``, ``provhad check``) and the

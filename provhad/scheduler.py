@@ -8,7 +8,8 @@ fake clock (tests/test_scheduler.py):
   full read (which is what the periodic rebuild does) moves it;
 - a failed cycle arms a retry with a growing pause, and leaves every other timer armed;
 - a burst of triggers is collected until ``quiet_period`` passes without one, at most
-  ``max_delay`` after the first;
+  ``max_delay`` after the first (the daemon's default quiet period is 0: a trigger starts a
+  cycle at once, and what comes during the cycle is taken by the next one);
 - the pause after a poll is the poll interval, stretched only by the server's cost of a
   *successful* fingerprint (so polls keep the database busy at most ``max_poll_share``), and
   never by more than ``MAX_PAUSE_INTERVALS`` intervals; a failed or slow-to-fail poll never

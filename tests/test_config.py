@@ -43,6 +43,10 @@ RULES = [
         "watch.quiet_period: 15.5 s must not exceed watch.max_delay (15 s, the default)",
     ),
     (
+        "[watch]\nmax_delay = 10\nperiodic_command_quiet_period = 10.5\n",
+        "watch.periodic_command_quiet_period: 10.5 s must not exceed watch.max_delay (10 s)",
+    ),
+    (
         "[watch]\nperiodic_command_timeout = 600\n",
         "watch.periodic_command_timeout: 600 s must be below watch.stall_timeout "
         "(300 s, the default): periodic_command may run this long; the watchdog",
@@ -81,6 +85,7 @@ def test_each_timing_rule(tmp_path: Path, text: str, expect: str) -> None:
     "text",
     [
         "[watch]\nquiet_period = 15\n",
+        "[watch]\nperiodic_command_quiet_period = 15\n",
         "[watch]\nperiodic_command_timeout = 299.5\n",
         "[validate]\ntimeout = 299\n",
         "[services]\ntimeout = 299\n",

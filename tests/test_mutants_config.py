@@ -24,3 +24,5 @@ def test_values_out_of_range_name_their_key(tmp_path: Path, text: str, expect: s
 
 def test_zero_is_allowed_where_it_means_off(tmp_path: Path) -> None:
     assert load(tmp_path, "[watch]\nquiet_period = 0\n").watch.quiet_period == 0.0
+    w = load(tmp_path, "[watch]\nperiodic_command_quiet_period = 0\n").watch
+    assert w.periodic_command_quiet_period == 0.0

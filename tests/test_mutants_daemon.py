@@ -68,6 +68,38 @@ async def test_a_burst_queued_at_once_is_one_cycle(d: Daemon) -> None:
     assert [t.detail for t in batch] == ["change 0", "change 1", "change 2"]
 
 
+async def test_by_default_a_cycle_starts_without_waiting_for_more(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The triggers queued during the last cycle join the next one at once; nothing is
+    waited for after them (quiet_period 0)."""
+    quiet_timers(d, Steps(0.0))
+    waits: list[float] = []
+    real_wait = d._wait
+
+    async def wait(timeout: float) -> Trigger | None:
+        waits.append(timeout)
+        return await real_wait(timeout)
+
+    monkeypatch.setattr(d, "_wait", wait)
+    for n in range(3):
+        d.want("poll", f"change {n}")
+    batch = await d.collect()
+    assert [t.detail for t in batch] == ["change 0", "change 1", "change 2"]
+    assert len(waits) == 1  # the wait that took the first trigger; no debounce after it
+    assert d.triggers.empty()
+
+
+def test_the_hook_collects_with_its_own_quiet_period(d: Daemon) -> None:
+    assert d.hook.debounce == (1.0, 15.0)
+    assert d.config_path is not None
+    conf = Path(d.config_path)
+    conf.write_text(conf.read_text() + "\n[watch]\nperiodic_command_quiet_period = 4\n")
+    d.reload_config()
+    assert d.hook.debounce == (4.0, 15.0)
+    assert d.cfg.watch.quiet_period == 0.0
+
+
 async def test_a_timer_that_fires_during_the_burst_joins_it(d: Daemon) -> None:
     quiet_timers(d, Steps(0.0, 1000.0))  # due before the burst, then during it
     d.want("poll", "modem")

@@ -124,7 +124,7 @@ def test_dst_timer_fires_after_the_offset_change_and_is_rearmed_by_any_cycle() -
 
 def test_debounce_quiet_period_and_max_delay() -> None:
     clock = Clock()
-    w = WatchConfig()
+    w = WatchConfig(quiet_period=1.0)
     d = Debounce(w.quiet_period, w.max_delay, clock)
     assert d.remaining() == 0.0
     d.add()
@@ -135,6 +135,20 @@ def test_debounce_quiet_period_and_max_delay() -> None:
             break
         d.add()
     assert clock.now - 500 == pytest.approx(w.max_delay, abs=w.quiet_period)
+
+
+def test_by_default_a_trigger_is_not_held_back() -> None:
+    """Cycles cost O(change) and host changes go live without a restart: by default the
+    burst closes with its first trigger (what comes during the cycle waits for the next)."""
+    clock = Clock()
+    w = WatchConfig()
+    d = Debounce(w.quiet_period, w.max_delay, clock)
+    d.add()
+    assert d.remaining() == 0.0
+    # the configfile build (every configfile) still collects its requests
+    hook = Debounce(w.periodic_command_quiet_period, w.max_delay, clock)
+    hook.add()
+    assert hook.remaining() == pytest.approx(1.0)
 
 
 def test_debounce_waits_for_quiet() -> None:
