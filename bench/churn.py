@@ -157,6 +157,8 @@ class Change:
     expect: str | None
     served_at: float | None = None
     probes: int = 0
+    #: when it was last probed: pending changes are probed in turn, the longest waiting first
+    probed_at: float = float("-inf")
 
 
 @dataclass
@@ -282,12 +284,16 @@ class Run:
             return [c for c in self.changes if c.expect is not None and c.served_at is None]
 
     def pick(self, tick: int) -> tuple[Client, bool]:
-        """Even ticks: a control; odd ticks: the pending change probed least so far."""
+        """Even ticks: a control; odd ticks: the pending change whose last probe is the oldest
+        (a new one first). Picking the one probed least starved a change that had needed many
+        probes: each new change came first, and the old one was probed again only once the
+        newer ones were served, which made its latency look like minutes."""
         if tick % 2:
             waiting = self.pending()
             if waiting:
-                change = min(waiting, key=lambda c: c.probes)
+                change = min(waiting, key=lambda c: c.probed_at)
                 change.probes += 1
+                change.probed_at = time.monotonic()
                 return change.client, False
         return self.controls[tick // 2 % len(self.controls)], True
 
@@ -403,6 +409,7 @@ def run_mode(
     secret: str,
     broker: Mosquitto | None,
     start_timeout: float,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     lab.stop_slave()
     conf = mode_config(lab, mode, secret, broker)
@@ -454,16 +461,62 @@ def run_mode(
         run.match(cutoff + ANSWER_TIMEOUT + 1.5)
         end = time.monotonic()
     finally:
+        stopped = time.monotonic()
         stop.set()
         prober.stop()
         drain.join(timeout=5)
         if cron is not None:
             cron.join(timeout=180)
-    return summarize(run, lab.restart_count() - restarts0, warm, end - start)
+    if keep is not None:
+        dump(run, keep / f"probes-{mode}.json")
+    return summarize(run, lab.restart_count() - restarts0, warm, end - start, stopped)
 
 
-def summarize(run: Run, restarts: int, warm: float, seconds: float) -> dict[str, Any]:
-    controls = [p for p in run.prober.probes.values() if p.control]
+def dump(run: Run, path: Path) -> None:
+    """Every probe and change of a mode, in wall-clock seconds (to lay beside the journal and
+    dhcpd's log): what an unanswered control or a late change is traced from."""
+    shift = time.time() - time.monotonic()
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else round(t + shift, 3)
+
+    probes = [
+        {
+            "client": p.client,
+            "control": p.control,
+            "sent": wall(p.sent_at),
+            "answered": wall(p.answered_at),
+            "filename": p.filename,
+        }
+        for p in run.prober.probes.values()
+    ]
+    changes = [
+        {
+            "kind": c.kind,
+            "client": c.client.name,
+            "mac": c.client.mac,
+            "expect": c.expect,
+            "at": wall(c.at),
+            "served": wall(c.served_at),
+            "probes": c.probes,
+        }
+        for c in run.changes
+    ]
+    path.write_text(json.dumps({"probes": probes, "changes": changes}))
+
+
+def judged(run: Run, stopped: float) -> list[Probe]:
+    """The control probes whose outcome is known: sent at least ANSWER_TIMEOUT before the
+    prober stopped listening (the ones after it had no time to be answered)."""
+    return [
+        p for p in run.prober.probes.values() if p.control and p.sent_at <= stopped - ANSWER_TIMEOUT
+    ]
+
+
+def summarize(
+    run: Run, restarts: int, warm: float, seconds: float, stopped: float
+) -> dict[str, Any]:
+    controls = judged(run, stopped)
     answered = sum(p.answered_at is not None for p in controls)
     served = [c.served_at - c.at for c in run.changes if c.served_at is not None]
     kinds: dict[str, int] = {}
@@ -537,7 +590,9 @@ def lab_network(work: Path, modems: int) -> Iterator[ChurnLab]:
             net.destroy()
 
 
-def measure(work: Path, modems: int, seconds: int, modes: tuple[str, ...]) -> dict[str, Any]:
+def measure(
+    work: Path, modems: int, seconds: int, modes: tuple[str, ...], keep: bool = False
+) -> dict[str, Any]:
     """All modes at one size, then the validation times."""
     # dhcpd's start, and in the first mode the primary's first pool balancing: one BNDUPD per
     # lease it hands over (half the free leases) at about 300 a second here
@@ -554,7 +609,17 @@ def measure(work: Path, modems: int, seconds: int, modes: tuple[str, ...]) -> di
         secret = base64.b64encode(secrets.token_bytes(32)).decode()
         for mode in modes:
             print(f"== churn {modems}: {mode}", file=sys.stderr, flush=True)
-            out[mode] = run_mode(lab, mode, targets, driver, seconds, secret, broker, start_timeout)
+            out[mode] = run_mode(
+                lab,
+                mode,
+                targets,
+                driver,
+                seconds,
+                secret,
+                broker,
+                start_timeout,
+                keep=work if keep else None,
+            )
             print(json.dumps(out[mode]), file=sys.stderr, flush=True)
         lab.stop_slave()
     # validation times per change and in full: bench/validation.py (python -m bench.validation)
@@ -581,7 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", help="modems (default 100k 500k)")
     parser.add_argument("--minutes", type=float, help="churn per mode (default 10, quick 2)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs, every probe)"
+    )
     parser.add_argument("--note", help="stored with the results (e.g. other work was running)")
     args = parser.parse_args(argv)
     # stopped by TERM (or INT, ignored in a background job): the lab's cleanup still runs
@@ -592,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     per_size = {}
     try:
         for n in sizes:
-            per_size[str(n)] = measure(work / f"s{n}", n, seconds, tuple(args.modes))
+            per_size[str(n)] = measure(
+                work / f"s{n}", n, seconds, tuple(args.modes), keep=args.keep
+            )
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
