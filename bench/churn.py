@@ -34,7 +34,7 @@ from typing import Any
 
 import pymysql
 
-from bench.prober import ANSWER_TIMEOUT, Probe, Prober
+from bench.prober import ANSWER_TIMEOUT, RESEND_AFTER, Probe, Prober
 from provhad import config, mqtt, sample
 from provhad.testbed import MariaDB, Mosquitto
 from tests.lab.ha import DHCP_DIR, HALab, config_text
@@ -283,19 +283,25 @@ class Run:
         with self.lock:
             return [c for c in self.changes if c.expect is not None and c.served_at is None]
 
-    def pick(self, tick: int) -> tuple[Client, bool]:
-        """Even ticks: a control; odd ticks: the pending change whose last probe is the oldest
-        (a new one first). Picking the one probed least starved a change that had needed many
-        probes: each new change came first, and the old one was probed again only once the
-        newer ones were served, which made its latency look like minutes."""
-        if tick % 2:
-            waiting = self.pending()
-            if waiting:
-                change = min(waiting, key=lambda c: c.probed_at)
-                change.probes += 1
-                change.probed_at = time.monotonic()
-                return change.client, False
-        return self.controls[tick // 2 % len(self.controls)], True
+    def pick(self, tick: int) -> tuple[Client, bool] | None:
+        """Even ticks: a control; odd ticks: of the pending changes whose client is not in
+        dhcpd's ping-check, the one whose last probe is the oldest (a new one first); none
+        such: no probe.
+
+        Picking the change probed least starved a change that had needed many probes: each
+        new change came first, and the old one was asked again only once the newer ones were
+        served, which made its latency look like minutes. Asking a client again within its
+        ping-check, or a control on an odd tick, drew silences of dhcpd's duplicate check."""
+        if tick % 2 == 0:
+            return self.controls[tick // 2 % len(self.controls)], True
+        now = time.monotonic()
+        waiting = [c for c in self.pending() if not self.prober.busy(c.client.name, now)]
+        if not waiting:
+            return None
+        change = min(waiting, key=lambda c: c.probed_at)
+        change.probes += 1
+        change.probed_at = now
+        return change.client, False
 
     def match(self, now: float) -> None:
         """Mark the changes that the probes settled (with controls around them) show served."""
@@ -431,6 +437,7 @@ def run_mode(
         drain.join(timeout=5)
         raise
     restarts0 = lab.restart_count()
+    time.sleep(RESEND_AFTER)  # the warm-up's last DISCOVERs leave dhcpd's ping-check
     prober = Prober(lab.net.ns("cmts"), SLAVE_IP, RATE)
     run = Run(prober, targets.controls)
     cron = None

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from tests.lab.relay import RETRY_SECS, Client, Relay
 
+#: A client is not asked again while its last DISCOVER may still be in dhcpd's ping-check
+#: (unanswered and younger than this): dhcpd drops a DISCOVER for a lease it is already
+#: offering ("if we're already acking this lease, don't do it again", dhcp.c ack_lease), and
+#: that silence is the prober's own doing, neither an outage nor a change shown.
+RESEND_AFTER = 1.5
 #: a probe unanswered after this long counts as unanswered. Upstream's dhcpd.conf sets
 #: ``ping-check true``: before an OFFER of an address not active for that client dhcpd pings it
 #: and waits ping-timeout (1 s; dhcp.c, do_ping_check). A probe never REQUESTs, and in the lab
@@ -38,12 +43,19 @@ class Prober(Relay):
         super().__init__(ns, [server])
         self.period = 1.0 / rate
         self.probes: dict[int, Probe] = {}
+        #: the last probe of each client
+        self.last: dict[str, Probe] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def start(self, pick: Callable[[int], tuple[Client, bool]]) -> None:
+    def busy(self, name: str, now: float) -> bool:
+        """Whether client ``name`` may still be in dhcpd's ping-check (see RESEND_AFTER)."""
+        last = self.last.get(name)
+        return last is not None and last.answered_at is None and now - last.sent_at < RESEND_AFTER
+
+    def start(self, pick: Callable[[int], tuple[Client, bool] | None]) -> None:
         """Start probing; ``pick(tick)`` names the client of each tick and whether it is a
-        control (an unchanged client, which must always be answered)."""
+        control (an unchanged client, which must always be answered), or None: no probe."""
         self._threads = [
             threading.Thread(target=self._send_loop, args=(pick,), daemon=True),
             threading.Thread(target=self._receive_loop, daemon=True),
@@ -57,14 +69,17 @@ class Prober(Relay):
             t.join(timeout=5)
         self.close()
 
-    def _send_loop(self, pick: Callable[[int], tuple[Client, bool]]) -> None:
+    def _send_loop(self, pick: Callable[[int], tuple[Client, bool] | None]) -> None:
         tick = 0
         next_at = time.monotonic()
         while not self._stop.is_set():
-            client, control = pick(tick)
-            xid = int.from_bytes(os.urandom(4), "big")
-            self.probes[xid] = Probe(client.name, time.monotonic(), control)
-            self._send(self._packet(client, xid, "discover", RETRY_SECS), self.servers)
+            picked = pick(tick)
+            if picked is not None:
+                client, control = picked
+                xid = int.from_bytes(os.urandom(4), "big")
+                probe = self.probes[xid] = Probe(client.name, time.monotonic(), control)
+                self.last[client.name] = probe
+                self._send(self._packet(client, xid, "discover", RETRY_SECS), self.servers)
             tick += 1
             next_at += self.period
             # a fixed schedule: a slow tick does not shift the later ones

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,8 @@ class Result:
     shrink_held: bool = False
     #: only the changed hosts were given to dhcpd -t (the whole set is not proven yet)
     hosts_only: bool = False
+    #: seconds per step of the cycle, in order (the journal's ``phases_ms``)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -110,6 +113,21 @@ class Result:
         """No ``dhcpd -t`` has read this set whole (only its changed hosts, or its host table in
         pieces): one must before dhcpd is restarted with it."""
         return self.hosts_only or validate.IN_PIECES in self.validated
+
+
+class Laps:
+    """Adds the seconds since the last lap to a named step (a step run twice adds up)."""
+
+    def __init__(
+        self, into: dict[str, float], clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.into, self.clock = into, clock
+        self.at = clock()
+
+    def __call__(self, step: str) -> None:
+        now = self.clock()
+        self.into[step] = self.into.get(step, 0.0) + now - self.at
+        self.at = now
 
 
 def gather_facts(
@@ -247,8 +265,14 @@ def apply(
     next (None: rendered and modelled whole). ``pieces``: when and how dhcpd's part of a
     full validation runs in pieces (see :func:`provhad.validate.check_dhcpd_in_pieces`).
     """
-    tick = progress or (lambda: None)
     result = Result(node=snap.node)
+    lap = Laps(result.phases)
+
+    def tick(step: str) -> None:
+        lap(step)
+        if progress is not None:
+            progress()
+
     state_dir = cfg.paths.under_root(cfg.paths.state_dir)
     # a publish a crash interrupted is finished or undone before anything reads the live set
     recovered = generations.recover(state_dir)
@@ -284,11 +308,11 @@ def apply(
         if m6 is not None and m6.rejects:
             m = dataclasses.replace(m, rejects=m.rejects + m6.rejects)
         result.model = m
-        tick()
+        tick("model")
         rendered = renderer.render(m, facts, v6=m6)
         if slices is not None:
             result.warnings.extend(slices.take_mismatches())
-        tick()
+        tick("render")
         if attempt == 0:
             result.set_hash = set_hash(rendered)
             if held and result.set_hash == held:
@@ -319,18 +343,19 @@ def apply(
                     return result
                 result.warnings.append(f"{verdict.hold}; published as confirmed")
         result.missing_count, result.missing_configfiles = missing_configfiles(cfg, m)
+        lap("plan")
         if todo.empty:
             break  # the live set is exactly this one: nothing to validate or write
         staged = generations.stage(todo, rendered)
         generations.write_checks(
             staged, functools.partial(renderer.render, m, facts, only=INCLUDERS)
         )
-        tick()
+        tick("stage")
         check = hosts_only_check(staged, cfg.validate) or validate.run(
             staged, cfg.validate, pieces=pieces
         )
         result.hosts_only = check.checked[:1] == [HOSTS_ONLY]
-        tick()
+        tick("validate")
         result.validated = check.checked
         result.warnings.extend(n for n in check.notes if n not in result.warnings)
         if check.ok:
@@ -368,6 +393,7 @@ def apply(
         result.generation = generations.swap(staged, state_dir, set_counts(m)).generation
         for f in todo.write:  # the next cycle's plan need not read what was just written
             LIVE.remember(f.path, f.digest)
+        lap("swap")
     ShrinkHold.clear(state_dir)  # what is live now is not held back any more
     result.ok = True
     result.written = [f.path for f in todo.write]

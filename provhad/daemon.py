@@ -459,6 +459,8 @@ class Daemon:
 
     async def _cycle(self, kinds: frozenset[str], trigger: str) -> cycle.Result:
         full = not FULL_READ.isdisjoint(kinds)
+        before: dict[str, float] = {}
+        lap = cycle.Laps(before)
         try:
             snap = await db.read_snapshot(
                 self.cfg.database, self.rows, full=full, cluster=self.poller.cluster
@@ -468,11 +470,14 @@ class Daemon:
             self.log.warning("cycle_skipped", trigger=trigger, error=str(exc))
             return cycle.Result(error=str(exc))
         self.state.db_ok, self.state.db_node, self.state.db_error = True, snap.node, ""
+        lap("snapshot")
         if full:
             self.tftp.clear()  # the reconciliation trusts no cache
         facts = await asyncio.to_thread(cycle.gather_facts, self.cfg, snap, self.tftp)
+        lap("facts")
         self.beat()
         await self._publishing()
+        lap("lock")  # a dhcpd restart in progress
         try:
             result = await asyncio.to_thread(
                 cycle.apply, self.cfg, snap, facts, self.beat, self.state.held_set
@@ -481,6 +486,7 @@ class Daemon:
             result = cycle.Result(node=snap.node, error=str(exc))
         finally:
             self.supervisor.lock.release()
+        result.phases = before | result.phases
         return result
 
     def chunks_read(self) -> str:
@@ -518,6 +524,7 @@ class Daemon:
                 rejected=len(s.rejected),
                 services=sorted(result.services),
                 chunks_read=self.chunks_read(),
+                phases_ms={k: round(v * 1000, 1) for k, v in result.phases.items()},
             )
             return
         # a held set keeps saying why it was held, not "the same set as the one held back"

@@ -56,6 +56,16 @@ def test_quiet_gc_restores_the_collector() -> None:
     assert gc.isenabled()
 
 
+def test_laps_add_up_per_step() -> None:
+    ticks = iter([10.0, 10.5, 12.0, 12.25])
+    spent: dict[str, float] = {}
+    lap = cycle.Laps(spent, clock=lambda: next(ticks))
+    lap("model")
+    lap("validate")
+    lap("model")  # a second attempt adds to the first
+    assert spent == {"model": 0.75, "validate": 1.5}
+
+
 def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) -> None:
     """Issue 12: a change confined to the host files is proven by dhcpd -t over the changed
     hosts on a stub (O(change)); anything else of dhcpd's by dhcpd -t over the whole set."""
@@ -71,6 +81,11 @@ def test_a_host_only_change_is_validated_by_its_changed_hosts(tmp_path: Path) ->
     added = cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS)
     assert added.ok and added.hosts_only and added.unproven, added.validated
     assert added.validated[0] == cycle.HOSTS_ONLY and "dhcpd -t" not in added.validated
+    # where the time went, step by step (the journal's phases_ms)
+    assert list(added.phases) == ["model", "render", "plan", "stage", "validate", "swap"]
+    assert all(v >= 0 for v in added.phases.values())
+    same = cycle.apply(cfg, dataclasses.replace(snap, modem=modems), FACTS)
+    assert same.ok and not same.changed and list(same.phases) == ["model", "render", "plan"]
     assert "cm-100777" in (tmp_path / "etc/dhcp-nmsprime/modems-host.conf").read_text()
     conf = str(tmp_path / "etc/dhcp-nmsprime/dhcpd.conf")
     assert run_dhcpd_t(conf, cfg.validate) == (0, "")  # the whole set holds too
