@@ -24,7 +24,19 @@ import socket
 import time
 from typing import Any
 
-from provhad import config, cycle, db, facts, generations, hosts, log, omapi, services, validate
+from provhad import (
+    config,
+    cycle,
+    db,
+    facts,
+    generations,
+    hosts,
+    log,
+    omapi,
+    plan,
+    services,
+    validate,
+)
 from provhad.config import Config
 from provhad.hook import Hook
 from provhad.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
@@ -107,7 +119,10 @@ class DhcpdPorts:
 
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
-        self.files = DhcpdFiles(daemon.cfg.paths.under_root(daemon.cfg.paths.dhcp_dir))
+        # the files the cycle just wrote are known by their stamp: not read again here
+        self.files = DhcpdFiles(
+            daemon.cfg.paths.under_root(daemon.cfg.paths.dhcp_dir), digests=plan.LIVE
+        )
 
     async def applied(self) -> str:
         return await asyncio.to_thread(self.files.digest)

@@ -86,7 +86,8 @@ class FileDigests:
         """Forget every other path (files no longer in the set)."""
         keep = set(paths)
         for path in self._known.keys() - keep:
-            del self._known[path]
+            # pop: the daemon's supervisor shares this cache from another thread
+            self._known.pop(path, None)
 
 
 #: the live files' digests, kept across the cycles of this process

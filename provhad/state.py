@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from provhad.generations import replace_file
+from provhad.plan import FileDigests
 
 STATE_FILE = "state.json"
 
@@ -134,21 +135,19 @@ class State:
             return State()
 
 
-#: what identifies a file's content without reading it: inode, size, mtime, ctime
-Stamp = tuple[int, int, int, int]
-
-
 class DhcpdFiles:
     """The digest of the files dhcpd reads: every ``*.conf`` below the dhcp directory.
 
     Measured from disk, so a set published by anyone (``provhad render``, a person, a crash
-    between the swap and the state file) counts. A file is hashed again only when its inode,
-    size or times changed: the live files are replaced by rename, which changes the inode.
+    between the swap and the state file) counts. A file is hashed again only when its
+    :data:`~provhad.plan.Stamp` changed (the live files are replaced by rename, which changes
+    the inode). ``digests``: shared with the cycle's plan in the daemon (``plan.LIVE``), so a
+    file the cycle has just written is not read again here.
     """
 
-    def __init__(self, dhcp_dir: Path) -> None:
+    def __init__(self, dhcp_dir: Path, digests: FileDigests | None = None) -> None:
         self.dhcp_dir = dhcp_dir
-        self._known: dict[str, tuple[Stamp, str]] = {}
+        self.digests = FileDigests() if digests is None else digests
         #: path below dhcp_dir -> sha256, as of the last digest()
         self.hashes: dict[str, str] = {}
 
@@ -162,20 +161,12 @@ class DhcpdFiles:
     def digest(self) -> str:
         """sha256 over (relative path, content hash) of each file; "" when there are none."""
         total = hashlib.sha256()
-        seen: dict[str, tuple[Stamp, str]] = {}
         hashes: dict[str, str] = {}
         for path in self._files():
             with contextlib.suppress(OSError):
-                st = path.stat()
-                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                key = str(path)
-                known = self._known.get(key)
-                if known is None or known[0] != stamp:
-                    with open(path, "rb") as fh:
-                        known = (stamp, hashlib.file_digest(fh, "sha256").hexdigest())
-                seen[key] = known
+                known = self.digests.digest(str(path))
                 rel = str(path.relative_to(self.dhcp_dir))
-                hashes[rel] = known[1]
-                total.update(f"{rel}\0{known[1]}\0".encode())
-        self._known, self.hashes = seen, hashes
-        return total.hexdigest() if seen else ""
+                hashes[rel] = known
+                total.update(f"{rel}\0{known}\0".encode())
+        self.hashes = hashes
+        return total.hexdigest() if hashes else ""

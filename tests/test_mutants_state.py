@@ -94,3 +94,33 @@ def test_digest_follows_a_replaced_file_and_a_renamed_one(tmp_path: Path) -> Non
     assert second != first
     os.rename(d / "cmts_gws" / "1.conf", d / "cmts_gws" / "2.conf")
     assert files.digest() != second
+
+
+def test_a_file_the_cycle_wrote_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor shares the plan's digests: a 67 MB modems-host.conf just written and
+    remembered is not hashed a second time; a file changed behind provhad's back still is."""
+    from provhad import generations, plan
+
+    d = conf_dir(tmp_path)
+    shared = plan.FileDigests()
+    files = DhcpdFiles(d, digests=shared)
+    conf = d / "dhcpd.conf"
+    new = d / ".dhcpd.conf.provhad-new"
+    new.write_text("include z;\n")
+    os.replace(new, conf)
+    shared.remember(str(conf), "0" * 64)  # what the cycle says it wrote
+    read: list[str] = []
+    real = generations.file_sha256
+
+    def hashed(path: str) -> str:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(plan, "file_sha256", hashed)
+    files.digest()
+    assert files.hashes["dhcpd.conf"] == "0" * 64 and str(conf) not in read
+    conf.write_text("include w;\n")  # an operator's edit: new ctime, read again
+    files.digest()
+    assert str(conf) in read and files.hashes["dhcpd.conf"] != "0" * 64
