@@ -284,9 +284,9 @@ class Run:
             return [c for c in self.changes if c.expect is not None and c.served_at is None]
 
     def pick(self, tick: int) -> tuple[Client, bool] | None:
-        """Even ticks: a control; odd ticks: of the pending changes whose client is not in
-        dhcpd's ping-check, the one whose last probe is the oldest (a new one first); none
-        such: no probe.
+        """Even ticks: a control; odd ticks: of the pending changes (one expecting silence
+        only when its client is not in dhcpd's ping-check), the one whose last probe is the
+        oldest (a new one first); none such: no probe.
 
         Picking the change probed least starved a change that had needed many probes: each
         new change came first, and the old one was asked again only once the newer ones were
@@ -295,7 +295,13 @@ class Run:
         if tick % 2 == 0:
             return self.controls[tick // 2 % len(self.controls)], True
         now = time.monotonic()
-        waiting = [c for c in self.pending() if not self.prober.busy(c.client.name, now)]
+        # only silence can be the duplicate check's doing: a change shown by an answer may
+        # be asked again at once (a DISCOVER dropped meanwhile shows nothing either way)
+        waiting = [
+            c
+            for c in self.pending()
+            if c.expect != "silent" or not self.prober.busy(c.client.name, now)
+        ]
         if not waiting:
             return None
         change = min(waiting, key=lambda c: c.probed_at)
