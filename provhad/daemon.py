@@ -43,7 +43,15 @@ from provhad.notify import Notifier, Watchdog, monotonic_usec, watchdog_interval
 from provhad.omapi import OmapiClient
 from provhad.render import CHRONY, DHCPD, KEA6, NAMED
 from provhad.report import Reporter
-from provhad.scheduler import FULL_READ, Debounce, Scheduler, Trigger, poll_pause
+from provhad.scheduler import (
+    FULL_READ,
+    Clock,
+    Debounce,
+    Scheduler,
+    Trigger,
+    covered,
+    poll_pause,
+)
 from provhad.services import Outcome
 from provhad.state import DhcpdFiles, State, now_iso
 from provhad.supervisor import LiveUpdate, Pacing, Supervisor
@@ -291,6 +299,10 @@ class Daemon:
         self.node = socket.gethostname()
         self.log = log.get()
         self.triggers: asyncio.Queue[Trigger] = asyncio.Queue()
+        #: the clock triggers and snapshot reads are stamped with
+        self.clock: Clock = time.monotonic
+        #: when the read of the last snapshot began (None: none read yet)
+        self.read_started: float | None = None
         self.stop = asyncio.Event()
         self.state = State.load(self.state_dir)
         self.reporter = Reporter(self.state, self.state_dir, Notifier(), self.node)
@@ -352,7 +364,7 @@ class Daemon:
             self.watchdog.beat()
 
     def want(self, kind: str, detail: str = "") -> None:
-        self.triggers.put_nowait(Trigger(kind, detail))
+        self.triggers.put_nowait(Trigger(kind, detail, at=self.clock()))
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -416,15 +428,19 @@ class Daemon:
 
     async def collect(self) -> list[Trigger]:
         """A trigger, every trigger already queued behind it, then whatever follows within
-        the debounce window (none by default: the cycle starts at once)."""
-        first = await self.next_trigger()
-        if first is None:
-            return []
+        the debounce window (none by default: the cycle starts at once). Triggers the last
+        snapshot already covers (see :func:`~provhad.scheduler.covered`) are dropped."""
+        while True:
+            first = await self.next_trigger()
+            if first is None:
+                return []
+            # what came during the last cycle has waited long enough: one cycle takes it all
+            batch = [t for t in (first, *self.queued()) if not covered(t, self.read_started)]
+            if batch:
+                break
         w = self.cfg.watch
         burst = Debounce(w.quiet_period, w.max_delay, time.monotonic)
         burst.add()
-        # what came during the last cycle has waited long enough: one cycle takes it all
-        batch = [first, *self.queued()]
         while not self.stop.is_set():
             left = burst.remaining()
             if left <= 0:
@@ -476,6 +492,7 @@ class Daemon:
         full = not FULL_READ.isdisjoint(kinds)
         before: dict[str, float] = {}
         lap = cycle.Laps(before)
+        started = self.clock()
         try:
             snap = await db.read_snapshot(
                 self.cfg.database, self.rows, full=full, cluster=self.poller.cluster
@@ -485,6 +502,7 @@ class Daemon:
             self.log.warning("cycle_skipped", trigger=trigger, error=str(exc))
             return cycle.Result(error=str(exc))
         self.state.db_ok, self.state.db_node, self.state.db_error = True, snap.node, ""
+        self.read_started = started  # the triggers queued before it are covered by snap
         lap("snapshot")
         if full:
             self.tftp.clear()  # the reconciliation trusts no cache

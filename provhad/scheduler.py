@@ -7,6 +7,8 @@ fake clock (tests/test_scheduler.py):
 - the periodic rebuild fires every ``interval`` seconds whatever the traffic; only a successful
   full read (which is what the periodic rebuild does) moves it;
 - a failed cycle arms a retry with a growing pause, and leaves every other timer armed;
+- a poll or MQTT trigger queued before the last snapshot's read began is dropped: that read
+  holds the change already;
 - a burst of triggers is collected until ``quiet_period`` passes without one, at most
   ``max_delay`` after the first (the daemon's default quiet period is 0: a trigger starts a
   cycle at once, and what comes during the cycle is taken by the next one);
@@ -41,6 +43,26 @@ class Trigger:
 
     kind: str  # startup, poll, periodic, mqtt, sighup, dst, retry
     detail: str = ""
+    #: when it was queued (the clock's time); None: a timer's, never covered (see covered())
+    at: float | None = None
+
+
+#: Triggers that only say "the database changed": a snapshot read after them has the change.
+CHANGE_NEWS = frozenset({"poll", "mqtt"})
+
+
+def covered(trigger: Trigger, read_started: float | None) -> bool:
+    """Whether a snapshot whose read began at ``read_started`` already holds what
+    ``trigger`` reports: a poll queues its trigger after its fingerprints were read, and an
+    MQTT request comes after the master's commit, so a snapshot begun later (a causal read)
+    sees that commit. Such a trigger, queued while that cycle ran, would only cost a cycle
+    that finds nothing new. Timers, SIGHUP and retries are never covered."""
+    return (
+        trigger.kind in CHANGE_NEWS
+        and trigger.at is not None
+        and read_started is not None
+        and trigger.at < read_started
+    )
 
 
 #: Triggers whose cycle reads every row again rather than only the changed chunks.

@@ -4,6 +4,7 @@ that the lab tests in tests/test_daemon.py do not notice, or notice only in minu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -98,6 +99,50 @@ def test_the_hook_collects_with_its_own_quiet_period(d: Daemon) -> None:
     d.reload_config()
     assert d.hook.debounce == (4.0, 15.0)
     assert d.cfg.watch.quiet_period == 0.0
+
+
+async def test_a_change_the_last_read_holds_makes_no_cycle(d: Daemon) -> None:
+    quiet_timers(d, Steps(0.0))
+    d.clock = Steps(9.0, 9.5, 9.6, 11.0)
+    d.read_started = 10.0
+    d.want("poll", "seen before the read")
+    d.want("mqtt", "sent before the read")
+    d.want("sighup")
+    d.want("poll", "seen after it")
+    batch = await d.collect()
+    assert [(t.kind, t.detail) for t in batch] == [("sighup", ""), ("poll", "seen after it")]
+    d.want("poll", "also seen before the read")  # at 11.0: not covered any more
+    d.read_started = 12.0
+    asyncio.get_running_loop().call_soon(d.stop.set)
+    assert await d.collect() == []  # waited past the covered trigger instead of cycling
+
+
+async def test_only_a_snapshot_read_moves_the_read_mark(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d.clock = Steps(5.0, 7.0, 8.0)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise db.DatabaseError("no node")
+
+    monkeypatch.setattr(db, "read_snapshot", down)
+    result = await d._cycle(frozenset({"poll"}), "poll")
+    assert result.error == "no node" and d.read_started is None
+
+    class Read(Exception):
+        pass
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        return SimpleNamespace(node="db1")
+
+    def stop_here(*args: Any) -> Any:
+        raise Read
+
+    monkeypatch.setattr(db, "read_snapshot", read)
+    monkeypatch.setattr(cycle, "gather_facts", stop_here)
+    with pytest.raises(Read):
+        await d._cycle(frozenset({"poll"}), "poll")
+    assert d.read_started == 7.0  # the clock when the read began, not after it
 
 
 async def test_a_timer_that_fires_during_the_burst_joins_it(d: Daemon) -> None:

@@ -15,6 +15,8 @@ from provhad.scheduler import (
     RETRY_MAX,
     Debounce,
     Scheduler,
+    Trigger,
+    covered,
     next_offset_change,
     poll_pause,
     retry_pause,
@@ -174,3 +176,17 @@ def test_costly_fingerprints_stretch_the_pause_within_a_cap() -> None:
     assert poll_pause(1.0, 0.05, 0.1) == 1.0
     assert poll_pause(1.0, 0.2, 0.1) == pytest.approx(1.8)
     assert poll_pause(1.0, 15.0, 0.1) == MAX_PAUSE_INTERVALS
+
+
+def test_a_change_queued_before_the_last_read_began_is_covered() -> None:
+    """A poll's or an MQTT request's trigger queued before the snapshot's read began: that
+    read holds the change. One queued during the read (or after) is not covered, nor is any
+    timer, SIGHUP or retry, nor anything before a first read."""
+    assert covered(Trigger("poll", at=9.0), 10.0)
+    assert covered(Trigger("mqtt", at=9.999), 10.0)
+    assert not covered(Trigger("poll", at=10.0), 10.0)
+    assert not covered(Trigger("mqtt", at=10.5), 10.0)
+    assert not covered(Trigger("poll", at=9.0), None)
+    assert not covered(Trigger("poll"), 10.0)
+    for kind in ("periodic", "retry", "sighup", "dst", "startup"):
+        assert not covered(Trigger(kind, at=1.0), 10.0)
