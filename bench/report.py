@@ -328,21 +328,24 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         f"{cs.get('mix', {})} (insert: a new modem; hostname and configfile: updates; access: "
         "a blocked modem gets network access; delete: soft delete). A prober relays "
         f"{cs.get('probe_rate', 20):g} DISCOVERs a second to the slave only (secs past the "
-        "load-balancing limit), alternating 20 unchanged modems (controls) and the changed "
-        f"clients not yet served. provhad polls every {poll:g} s (other settings: defaults, "
+        "load-balancing limit), alternating 20 unchanged modems (controls, each every 2 s) "
+        "and the changed clients not yet served, the one whose last probe is the oldest first "
+        "(odd ticks stay silent when none waits). A client is not asked again while its last "
+        "DISCOVER may be in dhcpd's ping-check where only silence would show the change (a "
+        "delete): dhcpd drops a DISCOVER for a lease it is already offering. provhad polls every {poll:g} s (other settings: defaults, "
         "`min_restart_interval = 30`); the MQTT column polls every 30 s and sends "
         "`provhad trigger` after each commit.",
         "",
-        f"- answered: share of control probes the slave answered within "
-        f"{cs.get('answer_timeout_s', 1.0):g} s (upstream's `ping-check true` holds each OFFER "
+        f"- answered: share of control probes the slave answered, of those sent at least "
+        f"{cs.get('answer_timeout_s', 1.0):g} s before the prober stopped (upstream's `ping-check true` holds each OFFER "
         "to a probe 1 s: a probe never REQUESTs);",
         "- served: commit -> the DISCOVER whose answer first reflects the change (an OFFER with "
         "the new filename; for an access change an OFFER to a CPE behind the modem; for a "
         "delete, the first unanswered probe while a control within 1 s was answered); dhcpd "
         "settles the answer on arrival, the ping-check wait is not counted. Configfile changes "
         "do not change what dhcpd serves (the filename is the hostname's): counted in changes, "
-        "not in latency. The prober alternates between pending changes, so with many pending "
-        "(restart, upstream) the resolution is coarser (pending x 0.1 s);",
+        "not in latency. With many changes pending (restart, upstream) the resolution is "
+        "coarser (pending x 0.1 s);",
         "- restarts: dhcpd restarts during the churn (startup excluded).",
         "",
     ]
