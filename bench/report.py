@@ -332,12 +332,14 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         "and the changed clients not yet served, the one whose last probe is the oldest first "
         "(odd ticks stay silent when none waits). A client is not asked again while its last "
         "DISCOVER may be in dhcpd's ping-check where only silence would show the change (a "
-        "delete): dhcpd drops a DISCOVER for a lease it is already offering. provhad polls every {poll:g} s (other settings: defaults, "
+        "delete): dhcpd drops a DISCOVER for a lease it is already offering. "
+        f"provhad polls every {poll:g} s (other settings: defaults, "
         "`min_restart_interval = 30`); the MQTT column polls every 30 s and sends "
         "`provhad trigger` after each commit.",
         "",
         f"- answered: share of control probes the slave answered, of those sent at least "
-        f"{cs.get('answer_timeout_s', 1.0):g} s before the prober stopped (upstream's `ping-check true` holds each OFFER "
+        f"{cs.get('answer_timeout_s', 1.0):g} s before the prober stopped (upstream's "
+        "`ping-check true` holds each OFFER "
         "to a probe 1 s: a probe never REQUESTs);",
         "- served: commit -> the DISCOVER whose answer first reflects the change (an OFFER with "
         "the new filename; for an access change an OFFER to a CPE behind the modem; for a "
