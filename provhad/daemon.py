@@ -439,7 +439,7 @@ class Daemon:
             if batch:
                 break
         w = self.cfg.watch
-        burst = Debounce(w.quiet_period, w.max_delay, time.monotonic)
+        burst = Debounce(w.quiet_period, w.max_delay, self.clock)
         burst.add()
         while not self.stop.is_set():
             left = burst.remaining()

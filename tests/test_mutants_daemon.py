@@ -4,7 +4,7 @@ that the lab tests in tests/test_daemon.py do not notice, or notice only in minu
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from provhad import cycle, db, services
-from provhad.daemon import Daemon
+from provhad.daemon import Daemon, DhcpdPorts
 from provhad.render import CHRONY, DHCPD, NAMED
 from provhad.scheduler import Trigger
 from provhad.services import Outcome
@@ -101,7 +101,9 @@ def test_the_hook_collects_with_its_own_quiet_period(d: Daemon) -> None:
     assert d.cfg.watch.quiet_period == 0.0
 
 
-async def test_a_change_the_last_read_holds_makes_no_cycle(d: Daemon) -> None:
+async def test_a_change_the_last_read_holds_makes_no_cycle(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
     quiet_timers(d, Steps(0.0))
     d.clock = Steps(9.0, 9.5, 9.6, 11.0)
     d.read_started = 10.0
@@ -111,10 +113,45 @@ async def test_a_change_the_last_read_holds_makes_no_cycle(d: Daemon) -> None:
     d.want("poll", "seen after it")
     batch = await d.collect()
     assert [(t.kind, t.detail) for t in batch] == [("sighup", ""), ("poll", "seen after it")]
-    d.want("poll", "also seen before the read")  # at 11.0: not covered any more
+    d.clock = Steps(11.0, 13.0)
     d.read_started = 12.0
-    asyncio.get_running_loop().call_soon(d.stop.set)
-    assert await d.collect() == []  # waited past the covered trigger instead of cycling
+    d.want("poll", "seen before the last read")
+    real_wait, waits = d._wait, []
+
+    async def wait(timeout: float) -> Trigger | None:
+        waits.append(timeout)
+        if len(waits) == 2:  # collect waits again, past the covered trigger
+            d.want("poll", "seen after it")
+        return await real_wait(timeout)
+
+    monkeypatch.setattr(d, "_wait", wait)
+    batch = await d.collect()  # waits past the covered trigger instead of cycling for it
+    assert [t.detail for t in batch] == ["seen after it"]
+
+
+async def test_with_a_quiet_period_a_burst_is_collected(
+    d: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``quiet_period`` set: a trigger that comes within it joins the cycle (the window runs
+    on the daemon's clock)."""
+    quiet_timers(d, Steps(0.0))
+    d.cfg = dataclasses.replace(d.cfg, watch=dataclasses.replace(d.cfg.watch, quiet_period=5.0))
+    # the first want, the burst starts, 1 s in: a want, its add, then past the window
+    d.clock = Steps(100.0, 100.0, 101.0, 101.0, 102.0, 120.0)
+    real_wait = d._wait
+    waits: list[float] = []
+
+    async def wait(timeout: float) -> Trigger | None:
+        waits.append(timeout)
+        if len(waits) == 2:  # the debounce's wait: the burst goes on
+            d.want("poll", "within the quiet period")
+        return await real_wait(timeout)
+
+    monkeypatch.setattr(d, "_wait", wait)
+    d.want("poll", "first")
+    batch = await d.collect()
+    assert [t.detail for t in batch] == ["first", "within the quiet period"]
+    assert waits[1] == pytest.approx(4.0)  # 5 s after the first trigger, 1 s of it gone
 
 
 async def test_only_a_snapshot_read_moves_the_read_mark(
@@ -493,3 +530,12 @@ async def test_a_restart_waits_for_omapi_within_its_budget(
     assert logged == ["omapi_not_ready", "omapi_not_ready"]
     if d.omapi is not None:
         await d.omapi.close()
+
+
+def test_the_supervisor_knows_the_files_the_cycle_wrote(d: Daemon) -> None:
+    """One cache of file stamps to hashes: what the cycle wrote (plan.LIVE) is not hashed
+    again when the supervisor asks what dhcpd's files are."""
+    from provhad import plan
+
+    ports = d.supervisor.ports
+    assert isinstance(ports, DhcpdPorts) and ports.files.digests is plan.LIVE
