@@ -431,7 +431,8 @@ def run_mode(
     else:
         lab.start_provhad(conf)
         lab.wait_running(1, timeout=start_timeout)
-        if mode == "omapi_mqtt":
+        # the STATUS that said "running" may already say "mqtt ok" (no other one may follow)
+        if mode == "omapi_mqtt" and "mqtt ok" not in lab.notify.last_status:
             lab.wait_status("mqtt ok", 60)
     stop = threading.Event()
     drain = threading.Thread(target=drain_notify, args=(lab, stop), daemon=True)
