@@ -335,7 +335,9 @@ def churn_section(r: dict[str, Any]) -> list[str]:
         "delete): dhcpd drops a DISCOVER for a lease it is already offering. "
         f"provhad polls every {poll:g} s (other settings: defaults, "
         "`min_restart_interval = 30`); the MQTT column polls every 30 s and sends "
-        "`provhad trigger` after each commit.",
+        "`provhad trigger` after each commit. The lab's MariaDB has an InnoDB buffer pool of "
+        f"{cs.get('db_buffer_pool', '256M')} (the big tables of 500k modems do not fit in "
+        "256 MB, and each fingerprint would read them from the disk).",
         "",
         f"- answered: share of control probes the slave answered, of those sent at least "
         f"{cs.get('answer_timeout_s', 1.0):g} s before the prober stopped (upstream's "
