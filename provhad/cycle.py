@@ -21,7 +21,7 @@ from pathlib import Path
 
 from provhad import db, generations, hosts, model, model6, validate
 from provhad.config import Config, ValidateConfig
-from provhad.facts import ConfStamp, find_omapi_key, missing_configfiles, network_access_hosts
+from provhad.facts import ConfigfileCheck, ConfStamp, find_omapi_key, network_access_hosts
 from provhad.model import Model, Pool, Reject
 from provhad.plan import (
     LIVE,
@@ -54,6 +54,8 @@ MAX_ATTEMPTS = 25
 SLICES = SliceCache()
 #: The modelled chunks of the big tables, kept the same way (see model.PartCache).
 PARTS = model.PartCache()
+#: The TFTP listings and what each chunk of modems lacks there (see facts.ConfigfileCheck).
+CONFIGFILES = ConfigfileCheck()
 
 
 @contextlib.contextmanager
@@ -254,6 +256,7 @@ def apply(
     slices: SliceCache | None = SLICES,
     parts: model.PartCache | None = PARTS,
     pieces: validate.Pieces = validate.PIECES,
+    configfiles: ConfigfileCheck | None = None,
 ) -> Result:
     """Make the set rendered from ``snap`` live, unless the real daemons reject it.
 
@@ -264,6 +267,7 @@ def apply(
     host files' slices and the big tables' modelled chunks are kept from one cycle to the
     next (None: rendered and modelled whole). ``pieces``: when and how dhcpd's part of a
     full validation runs in pieces (see :func:`provhad.validate.check_dhcpd_in_pieces`).
+    ``configfiles``: where the missing configfiles are counted (None: this process's).
     """
     result = Result(node=snap.node)
     lap = Laps(result.phases)
@@ -342,7 +346,8 @@ def apply(
                     result.shrink_held = True
                     return result
                 result.warnings.append(f"{verdict.hold}; published as confirmed")
-        result.missing_count, result.missing_configfiles = missing_configfiles(cfg, m)
+        missing = CONFIGFILES if configfiles is None else configfiles
+        result.missing_count, result.missing_configfiles = missing(cfg, m)
         lap("plan")
         if todo.empty:
             break  # the live set is exactly this one: nothing to validate or write

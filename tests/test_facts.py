@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from provhad import cycle, facts
 from provhad.render import OmapiKey
 from tests import rows
@@ -77,3 +79,55 @@ def test_tftp_configs_are_read_again_only_when_they_change(tmp_path: Path) -> No
     assert facts.network_access_hosts(cfg, cache) == frozenset()
     assert set(cache) == {"cm-2.conf"}  # a removed file leaves the cache too
     assert facts.network_access_hosts(cfg) == frozenset()  # no cache: every file read
+
+
+def test_missing_configfiles_are_counted_in_o_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk of modems is looked at again only when it changed or the TFTP listing did;
+    the result is always the one a fresh count gives."""
+    from provhad import model
+    from provhad.snapshot import PackedRows
+
+    cfg = cfg_for(tmp_path)
+    cm = tmp_path / "tftpboot/cm"
+    cm.mkdir(parents=True)
+    snap = rows.small()
+    many = [
+        rows.modem(200_000 + n, f"02:00:00:{n >> 8 & 255:02x}:{n & 255:02x}:01")
+        for n in range(9000)
+    ]
+    snap = dataclasses.replace(snap, modem=[*snap.modem, *many])
+    (cm / "cm-200005.cfg").write_bytes(b"\x00")
+    m = model.build(snap, cfg.own_state)
+    assert isinstance(m.modems, PackedRows) and len(m.modems.blobs) >= 3
+    looked: list[int] = []
+    made = PackedRows.made
+
+    def spy(self: PackedRows[object], rows_: object) -> list[object]:
+        looked.append(1)
+        return made(self, rows_)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PackedRows, "made", spy)
+    check = facts.ConfigfileCheck()
+    first = check(cfg, m)
+    assert first == facts.missing_configfiles(cfg, m)
+    assert first[0] == len(m.modems) + len(m.mtas) - 1
+    looked.clear()
+    assert check(cfg, m) == first and looked == []  # nothing changed: no chunk looked at
+    # one modem renamed: its chunk alone is looked at again
+    renamed = [
+        dict(r) | {"hostname": "cm-renamed"} if r["id"] == 200_010 else r for r in snap.modem
+    ]
+    m2 = model.build(dataclasses.replace(snap, modem=renamed), cfg.own_state)
+    looked.clear()
+    counted = check(cfg, m2)
+    assert len(looked) == 1  # the chunk with the renamed modem
+    assert counted == facts.missing_configfiles(cfg, m2)
+    # a configfile appears (the directory's mtime moves): everything counted again, right
+    (cm / "cm-200006.cfg").write_bytes(b"\x00")
+    assert check(cfg, m2) == facts.missing_configfiles(cfg, m2) == (first[0] - 1, check(cfg, m2)[1])
+    # another TFTP root with the same model: its own listing, not the first root's memo
+    other = cfg_for(tmp_path / "other")
+    assert check(other, m2) == facts.missing_configfiles(other, m2)
+    assert check(cfg, m2) == facts.missing_configfiles(cfg, m2)
