@@ -193,8 +193,13 @@ def choose_targets(conn: pymysql.Connection, seed: int) -> Targets:
         for typ, router in cur.fetchall():
             routers.setdefault(typ, router)
         live = "deleted_at IS NULL AND public = 0 AND mac REGEXP %s"
+        # no modem with an endpoint: the endpoint's `host-identifier option agent.remote-id`
+        # is the modem's MAC, so dhcpd still knows the modem after its delete (upstream
+        # renders the endpoints of deleted modems too), and the delete never shows as silence
         cur.execute(
-            f"SELECT id, hostname, mac FROM modem WHERE {live} AND internet_access = 1 ORDER BY id",
+            f"SELECT id, hostname, mac FROM modem WHERE {live} AND internet_access = 1"
+            " AND id NOT IN (SELECT modem_id FROM endpoint WHERE modem_id IS NOT NULL)"
+            " ORDER BY id",
             (GOOD_MAC,),
         )
         modems = list(cur.fetchall())
