@@ -219,9 +219,10 @@ def hosts_only_check(staged: generations.Staged, vcfg: ValidateConfig) -> Valida
         except OSError:
             return None
     try:
-        _gone, came = hosts.changed_entries(before, after)
+        diffs = hosts.line_differences(before, after)  # one pass over each file, for both
+        _gone, came = hosts.changed_entries(before, after, diffs)
         # each changed member line as the templates write it, of a class global.conf declares
-        _leave, join = hosts.changed_members(before, after)
+        _leave, join = hosts.changed_members(before, after, diffs)
     except (hosts.HostSyntaxError, UnicodeDecodeError):
         return None
     declared = rendered.files.get(os.path.join(rendered.dhcp_dir, "global.conf"))

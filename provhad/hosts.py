@@ -288,12 +288,25 @@ def names_by_mac(entries: Iterable[HostEntry]) -> dict[str, list[str]]:
     return {mac: names for mac, names in seen.items() if len(names) > 1}
 
 
-def _changed_lines(
-    old: Mapping[str, bytes], new: Mapping[str, bytes], name: str, kind: bytes
+#: per file name, the lines only in its old and only in its new version (multisets)
+Differences = dict[str, tuple[Counter[bytes], Counter[bytes]]]
+
+
+def line_differences(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> Differences:
+    """The lines each file (by name) has only in ``old`` and only in ``new``, found at memory
+    speed where both versions agree (:func:`provhad.difference.changed_lines`), once per file:
+    :func:`changed_entries` and :func:`changed_members` take their lines from the same pass."""
+    return {
+        name: changed_lines(old.get(name, b""), new.get(name, b""))
+        for name in sorted(set(old) | set(new))
+    }
+
+
+def _of_kind(
+    found: tuple[Counter[bytes], Counter[bytes]], kind: bytes
 ) -> tuple[Counter[bytes], Counter[bytes]]:
-    """The lines starting with ``kind`` only in ``old[name]`` and only in ``new[name]`` (a
-    multiset difference), found at memory speed where both versions agree."""
-    a, b = changed_lines(old.get(name, b""), new.get(name, b""))
+    """The lines of one file's differences that start with ``kind``."""
+    a, b = found
     return (
         Counter({ln: n for ln, n in a.items() if ln.startswith(kind)}),
         Counter({ln: n for ln, n in b.items() if ln.startswith(kind)}),
@@ -303,22 +316,24 @@ def _changed_lines(
 def file_delta(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> HostDelta:
     """The OMAPI steps from the files ``old`` (by name: what dhcpd holds) to ``new`` (live),
     from :func:`changed_entries` and :func:`changed_members`."""
-    hosts = delta(*changed_entries(old, new))
-    leave, join = changed_members(old, new)
+    diffs = line_differences(old, new)
+    hosts = delta(*changed_entries(old, new, diffs))
+    leave, join = changed_members(old, new, diffs)
     return HostDelta(hosts.delete, hosts.add, hosts.unsupported, leave, join)
 
 
 def changed_entries(
-    old: Mapping[str, bytes], new: Mapping[str, bytes]
+    old: Mapping[str, bytes], new: Mapping[str, bytes], diffs: Differences | None = None
 ) -> tuple[dict[str, HostEntry], dict[str, HostEntry]]:
     """The host entries only in ``old`` and only in ``new`` (host files by name). Only the
     lines that differ (a multiset difference: one host per line, as the templates write them)
-    are parsed, so the cost follows the change, not the table. HostSyntaxError when a changed
-    line is not a one-line host block (an operator's template that spans lines)."""
+    are parsed, so the cost follows the change, not the table. ``diffs``: the files'
+    :func:`line_differences`, when the caller has them. HostSyntaxError when a changed line
+    is not a one-line host block (an operator's template that spans lines)."""
     gone: dict[str, HostEntry] = {}
     came: dict[str, HostEntry] = {}
-    for name in sorted(set(old) | set(new)):
-        only_old, only_new = _changed_lines(old, new, name, b"host ")
+    for name, found in (line_differences(old, new) if diffs is None else diffs).items():
+        only_old, only_new = _of_kind(found, b"host ")
         for lines, into in ((only_old, gone), (only_new, came)):
             for line in lines.elements():
                 entry = parse_host_block(line.decode("utf-8"))
@@ -362,19 +377,19 @@ def _members_in(data: bytes, wanted: set[Member]) -> set[Member]:
 
 
 def changed_members(
-    old: Mapping[str, bytes], new: Mapping[str, bytes]
+    old: Mapping[str, bytes], new: Mapping[str, bytes], diffs: Differences | None = None
 ) -> tuple[list[Member], list[Member]]:
     """The subclass members to remove and to add (each sorted) from the files ``old`` to
     ``new`` (by name). Only the lines that differ are parsed; a member whose line changed
     only in its comment (another modem id), or that another line of the same file still (or
     already) holds (two modems with one MAC), needs nothing. Each class lives in one file,
-    as the templates write them. HostSyntaxError for a changed line that is not a one-line
-    ``subclass`` of a lower-case MAC."""
+    as the templates write them. ``diffs``: as for :func:`changed_entries`. HostSyntaxError
+    for a changed line that is not a one-line ``subclass`` of a lower-case MAC."""
     leave: set[Member] = set()
     join: set[Member] = set()
-    for name in sorted(set(old) | set(new)):
+    for name, found in (line_differences(old, new) if diffs is None else diffs).items():
         before, after = old.get(name, b""), new.get(name, b"")
-        only_old, only_new = _changed_lines(old, new, name, b"subclass ")
+        only_old, only_new = _of_kind(found, b"subclass ")
         gone = {parse_subclass_line(ln) for ln in only_old}
         came = {parse_subclass_line(ln) for ln in only_new}
         # a member with a line left in the other version was never (or is still) out
