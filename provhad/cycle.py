@@ -257,7 +257,7 @@ def apply(
     slices: SliceCache | None = SLICES,
     parts: model.PartCache | None = PARTS,
     pieces: validate.Pieces = validate.PIECES,
-    configfiles: ConfigfileCheck | None = None,
+    configfiles: ConfigfileCheck = CONFIGFILES,
 ) -> Result:
     """Make the set rendered from ``snap`` live, unless the real daemons reject it.
 
@@ -268,7 +268,7 @@ def apply(
     host files' slices and the big tables' modelled chunks are kept from one cycle to the
     next (None: rendered and modelled whole). ``pieces``: when and how dhcpd's part of a
     full validation runs in pieces (see :func:`provhad.validate.check_dhcpd_in_pieces`).
-    ``configfiles``: where the missing configfiles are counted (None: this process's).
+    ``configfiles``: where the missing configfiles are counted and kept between cycles.
     """
     result = Result(node=snap.node)
     lap = Laps(result.phases)
@@ -347,8 +347,7 @@ def apply(
                     result.shrink_held = True
                     return result
                 result.warnings.append(f"{verdict.hold}; published as confirmed")
-        missing = CONFIGFILES if configfiles is None else configfiles
-        result.missing_count, result.missing_configfiles = missing(cfg, m)
+        result.missing_count, result.missing_configfiles = configfiles(cfg, m)
         lap("plan")
         if todo.empty:
             break  # the live set is exactly this one: nothing to validate or write

@@ -14,6 +14,7 @@ from typing import Any
 
 from provhad.config import Config
 from provhad.model import Model
+from provhad.plan import stamp
 from provhad.render import OmapiKey
 from provhad.snapshot import PackedRows
 
@@ -102,18 +103,17 @@ class ConfigfileCheck:
         """The names in ``folder`` (none when it cannot be listed), listed again only when its
         stamp changed."""
         try:
-            st = os.stat(folder)
+            now = stamp(str(folder))
         except OSError:
             self.listed.pop(folder, None)
             return _NONE
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         known = self.listed.get(folder)
-        if known is None or known[0] != stamp:
+        if known is None or known[0] != now:
             try:
                 names = frozenset(os.listdir(folder))
             except OSError:
                 names = _NONE
-            known = (stamp, names)
+            known = (now, names)
             self.listed[folder] = known
         return known[1]
 
