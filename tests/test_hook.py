@@ -49,7 +49,8 @@ async def test_requests_during_a_run_make_exactly_one_more_run(tmp_path: Path) -
     fd = os.open(gate, os.O_RDWR)  # keeps the FIFO open: each "go" waits for its reader
     try:
         hook.request("changed: modem")
-        await until(runs.exists, "the run began")  # the script wrote its line
+        # the script wrote its line (the file exists a moment before the line is in it)
+        await until(lambda: runs.exists() and runs.read_text() != "", "the run began")
         assert hook.running
         for n in range(5):  # a burst while the first run is parked: one more run, not five
             hook.request(f"changed: mta {n}")
